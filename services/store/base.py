@@ -1,0 +1,122 @@
+"""The store seam: the one interface the pricer and the query service use to reach ClickHouse.
+
+Two drivers implement it, embedded chDB and a ClickHouse server over HTTP, and both speak the
+same SQL and the same wire formats: rows go in as JSONEachRow and come out as JSONEachRow, so
+what a test proves against chDB holds against a server.
+
+Query parameters use ClickHouse's server-side binding (``{name:Type}``), never string
+formatting, so no value can change a query's meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+from clickhouse_connect.driver.binding import format_bind_value
+
+T = TypeVar("T")
+
+# Settings every read uses, on both drivers: exact decimals, plain numbers for 64-bit integers.
+READ_SETTINGS: dict[str, Any] = {
+    "output_format_json_quote_decimals": 1,
+    "output_format_json_quote_64bit_integers": 0,
+    "output_format_json_named_tuples_as_objects": 1,
+}
+# Settings every insert uses: dedup holds for the materialized views fed by the table too.
+INSERT_SETTINGS: dict[str, Any] = {
+    "date_time_input_format": "best_effort",
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "insert_deduplicate": 1,
+}
+
+
+# ClickHouse error codes that describe the statement, not the moment: retrying cannot help
+# (syntax, unknown table or column, type mismatch, bad arguments, ...).
+PERMANENT_ERROR_CODES = frozenset({27, 36, 41, 43, 46, 47, 53, 60, 62, 69, 70, 117, 130, 190, 386, 457})
+
+
+class StoreError(RuntimeError):
+    """The store refused or failed a statement. ``retryable`` says whether trying again can help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Store(Protocol):
+    async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read and return its rows as dicts (decimals as exact strings)."""
+        ...
+
+    async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing (DDL, ALTER, INSERT ... SELECT)."""
+        ...
+
+    async def insert(
+        self, table: str, rows: Sequence[Mapping[str, Any]] | bytes, *, dedup_token: str | None = None
+    ) -> None:
+        """Insert rows (dicts, or ready JSONEachRow bytes). With ``dedup_token``, inserting the same
+        token again is a no-op in the table and in every materialized view it feeds."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def select_as(store: Store, into: type[T], sql: str, params: Mapping[str, Any] | None = None) -> list[T]:
+    """Rows converted into a msgspec Struct or dataclass, decimals as ``Decimal``."""
+    rows = await store.select(sql, params)
+    return msgspec.convert(rows, list[into], strict=False)
+
+
+def _plain(value: Any) -> Any:
+    # Millisecond precision matters here: clickhouse-connect's own datetime binding drops it.
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def plain_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Parameters reduced to str/int/float/list so both drivers bind them identically."""
+    return {k: _plain(v) for k, v in (params or {}).items()}
+
+
+def bind_params_as_text(params: Mapping[str, Any] | None) -> dict[str, str]:
+    """Parameters in ClickHouse's escaped text form, for drivers that take strings (chDB)."""
+    return {k: format_bind_value(v) for k, v in plain_params(params).items()}
+
+
+_row_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+def encode_rows(rows: Sequence[Mapping[str, Any]] | bytes) -> bytes:
+    if isinstance(rows, (bytes, bytearray)):
+        return bytes(rows)
+    buf = bytearray()
+    for row in rows:
+        buf += _row_encoder.encode(row)
+        buf += b"\n"
+    return bytes(buf)
+
+
+def settings_clause(settings: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_literal(v)}" for k, v in settings.items())
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(int(value) if isinstance(value, bool) else value)

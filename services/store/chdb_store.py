@@ -1,0 +1,97 @@
+"""Embedded ClickHouse (chDB): the engine runs in this process over one data directory.
+
+chDB allows one data directory per process and one statement at a time per connection, so
+every statement runs on a single dedicated thread. That keeps the event loop free and gives a
+strict order of statements, which the pricer's insert-then-commit rule relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from services.store.base import (
+    INSERT_SETTINGS,
+    PERMANENT_ERROR_CODES,
+    READ_SETTINGS,
+    StoreError,
+    bind_params_as_text,
+    encode_rows,
+    settings_clause,
+)
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_CODE = re.compile(r"Code: (\d+)\.")
+
+
+def _classify(exc: Exception) -> StoreError:
+    match = _CODE.search(str(exc))
+    code = int(match.group(1)) if match else None
+    return StoreError(str(exc).strip(), retryable=code not in PERMANENT_ERROR_CODES)
+
+
+class ChdbStore:
+    def __init__(self, path: Path) -> None:
+        import chdb  # imported here: a server deployment never loads the embedded engine
+
+        path.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
+        self._conn = self._executor.submit(chdb.connect, str(path)).result()
+        self._read_settings = settings_clause(READ_SETTINGS)
+        self._path = path
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except StoreError:
+            raise
+        except Exception as exc:  # chDB raises RuntimeError/ChdbError with ClickHouse's message
+            raise _classify(exc) from exc
+
+    def _select_sync(self, sql: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        result = self._conn.query(f"{sql}\nSETTINGS {self._read_settings}", "JSONEachRow", params=params)
+        data = result.bytes()
+        if not data:
+            return []
+        return [msgspec.json.decode(line) for line in data.splitlines() if line]
+
+    async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return await self._run(self._select_sync, sql, bind_params_as_text(params))
+
+    async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        await self._run(lambda: self._conn.query(sql, "CSV", params=bind_params_as_text(params)))
+
+    def _insert_sync(self, table: str, payload: bytes, dedup_token: str | None) -> None:
+        settings = dict(INSERT_SETTINGS)
+        if dedup_token is not None:
+            settings["insert_deduplication_token"] = dedup_token
+        sql = f"INSERT INTO {table} SETTINGS {settings_clause(settings)} FORMAT JSONEachRow\n"
+        self._conn.query(sql + payload.decode())
+
+    async def insert(
+        self, table: str, rows: Sequence[Mapping[str, Any]] | bytes, *, dedup_token: str | None = None
+    ) -> None:
+        if not _TABLE_NAME.match(table):
+            raise StoreError(f"invalid table name {table!r}", retryable=False)
+        payload = encode_rows(rows)
+        if not payload:
+            return
+        await self._run(self._insert_sync, table, payload, dedup_token)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            self._conn.close()
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,77 @@
+"""A ClickHouse server over HTTP (clickhouse-connect), for production and Grafana.
+
+clickhouse-connect's client is synchronous; it is thread-safe for concurrent queries when each
+call carries its own session-less request, so statements run on a small thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+
+from services.store.base import INSERT_SETTINGS, PERMANENT_ERROR_CODES, READ_SETTINGS, StoreError, encode_rows, plain_params
+
+
+
+def _classify(exc: Exception) -> StoreError:
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    code = getattr(exc, "code", None)
+    permanent = isinstance(exc, DatabaseError) and code in PERMANENT_ERROR_CODES
+    return StoreError(str(exc).strip(), retryable=not permanent)
+
+
+class ClickHouseStore:
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        import clickhouse_connect
+
+        parts = urlsplit(url)
+        database = parts.path.strip("/") or "default"
+        self._client = clickhouse_connect.get_client(
+            host=parts.hostname or "localhost",
+            port=parts.port or (8443 if parts.scheme == "https" else 8123),
+            username=unquote(parts.username or "default"),
+            password=unquote(parts.password or ""),
+            database=database,
+            secure=parts.scheme == "https",
+            autogenerate_session_id=False,  # sessions serialise queries server-side
+        )
+        self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="clickhouse")
+        self.database = database
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except Exception as exc:
+            raise _classify(exc) from exc
+
+    async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        def _go() -> bytes:
+            return self._client.raw_query(sql, parameters=plain_params(params), settings=READ_SETTINGS, fmt="JSONEachRow")
+
+        data = await self._run(_go)
+        return [msgspec.json.decode(line) for line in data.splitlines() if line]
+
+    async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        await self._run(lambda: self._client.command(sql, parameters=plain_params(params)))
+
+    async def insert(
+        self, table: str, rows: Sequence[Mapping[str, Any]] | bytes, *, dedup_token: str | None = None
+    ) -> None:
+        payload = encode_rows(rows)
+        if not payload:
+            return
+        settings = dict(INSERT_SETTINGS)
+        if dedup_token is not None:
+            settings["insert_deduplication_token"] = dedup_token
+        await self._run(lambda: self._client.raw_insert(table, insert_block=payload, settings=settings, fmt="JSONEachRow"))
+
+    async def close(self) -> None:
+        self._client.close()
+        self._executor.shutdown(wait=False)
