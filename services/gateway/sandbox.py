@@ -1,0 +1,122 @@
+"""``X-Sandbox: true``: a realistic simulated response, streamed when asked, without calling
+the provider. Its usage is estimated (prompt tokens counted with the model's BPE encoding where
+known, o200k otherwise), and its event is flagged sandbox."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from bpe_openai import UnsupportedModelError, encoding_for_model, get_encoding
+
+REPLY = "This is a simulated response from the Meterline sandbox."
+_PIECES = ["This is a simulated", " response from the", " Meterline sandbox."]
+_encode = msgspec.json.encode
+
+
+def _encoding(model: str) -> Any:
+    try:
+        return encoding_for_model(model)
+    except (UnsupportedModelError, KeyError, ValueError):
+        return get_encoding("o200k_base")
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [t for item in value for t in _texts(item)]
+    if isinstance(value, dict):
+        return [t for key in ("text", "content", "system") if key in value for t in _texts(value[key])]
+    return []
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """Tokens of the message text plus the per-message overhead of the chat format (about 4)."""
+    enc = _encoding(str(body.get("model", "")))
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    texts = _texts(messages) + _texts(body.get("system"))
+    return sum(len(enc.encode(t)) for t in texts) + 4 * len(messages) + 3
+
+
+def completion_tokens(model: str) -> int:
+    return len(_encoding(model).encode(REPLY))
+
+
+def openai_reply(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    model = str(body.get("model", ""))
+    prompt, completion = estimate_prompt_tokens(body), completion_tokens(model)
+    return (
+        {
+            "id": f"chatcmpl-sandbox-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": REPLY}, "logprobs": None, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+        },
+        prompt,
+        completion,
+    )
+
+
+def anthropic_reply(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    model = str(body.get("model", ""))
+    prompt, completion = estimate_prompt_tokens(body), completion_tokens(model)
+    return (
+        {
+            "id": f"msg_sandbox_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": REPLY}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": completion,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        },
+        prompt,
+        completion,
+    )
+
+
+async def openai_stream(reply: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    base = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"], "model": reply["model"]}
+    extra = {"usage": None} if include_usage else {}
+    first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], **extra}
+    yield b"data: " + _encode(first) + b"\n\n"
+    for piece in _PIECES:
+        chunk = {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}], **extra}
+        yield b"data: " + _encode(chunk) + b"\n\n"
+    yield b"data: " + _encode({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **extra}) + b"\n\n"
+    if include_usage:
+        yield b"data: " + _encode({**base, "choices": [], "usage": reply["usage"]}) + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + _encode(data) + b"\n\n"
+
+
+async def anthropic_stream(reply: dict[str, Any]) -> AsyncIterator[bytes]:
+    usage = reply["usage"]
+    start = {**reply, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    yield _event("message_start", {"type": "message_start", "message": start})
+    yield _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    for piece in _PIECES:
+        yield _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
+    yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                   "usage": {"output_tokens": usage["output_tokens"]}})
+    yield _event("message_stop", {"type": "message_stop"})

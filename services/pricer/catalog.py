@@ -1,0 +1,126 @@
+"""The price catalog: which per-token prices apply to a call, at the time it was made.
+
+Two sources, in order of precedence:
+1. overrides kept in ClickHouse (negotiated or custom prices), per organisation or for all
+   organisations, each effective from a date;
+2. the genai-prices catalog, which carries the providers' published prices and their history.
+
+Pure: the overrides are handed in; loading them is the pricer's job (``catalog_loader``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from genai_prices import data_snapshot
+from genai_prices.types import TieredPrices
+
+_PER_MTOK = "per_mtok"
+
+
+@dataclass(frozen=True)
+class Rates:
+    """USD per million tokens for each kind of token, as the provider bills them."""
+
+    input: Decimal
+    cache_read: Decimal
+    cache_write: Decimal
+    output: Decimal
+    model_id: str  # the catalog entry that matched, e.g. "gpt-4o"
+    source: str  # "genai-prices" or "override"
+
+
+@dataclass(frozen=True)
+class PriceOverride:
+    org_id: str  # "" applies to every organisation
+    provider: str
+    model: str
+    effective_from: datetime
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cache_read_per_mtok: Decimal | None = None  # None: cache reads cost the input price
+    cache_write_per_mtok: Decimal | None = None  # None: cache writes cost the input price
+
+    def rates(self) -> Rates:
+        return Rates(
+            input=self.input_per_mtok,
+            cache_read=self.input_per_mtok if self.cache_read_per_mtok is None else self.cache_read_per_mtok,
+            cache_write=self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok,
+            output=self.output_per_mtok,
+            model_id=self.model,
+            source="override",
+        )
+
+
+def _tier_price(price: Decimal | TieredPrices | None, total_input_tokens: int) -> Decimal | None:
+    """Resolve tiered prices the way the providers do: crossing a threshold applies the tier's
+    rate to every token of the call, not just the ones above it."""
+    if price is None or isinstance(price, Decimal):
+        return price
+    applicable = price.base
+    for tier in reversed(price.tiers):
+        if total_input_tokens > tier.start:
+            applicable = tier.price
+            break
+    return applicable
+
+
+def published_rates(provider: str, model: str, at: datetime, total_input_tokens: int) -> Rates | None:
+    """The provider's published prices from genai-prices, or None for a model it does not know."""
+    snapshot = data_snapshot.get_snapshot()
+    try:
+        _, info = snapshot.find_provider_model(model, None, provider, None)
+    except LookupError:
+        return None
+    prices = info.get_prices(at)
+    input_price = _tier_price(prices.input_mtok, total_input_tokens)
+    output_price = _tier_price(prices.output_mtok, total_input_tokens)
+    if input_price is None or output_price is None:
+        return None  # priced per request, per second, ...: not a token model we can meter
+    cache_read = _tier_price(prices.cache_read_mtok, total_input_tokens)
+    cache_write = _tier_price(prices.cache_write_mtok, total_input_tokens)
+    return Rates(
+        input=input_price,
+        # A model without a cache price bills those tokens as ordinary input (as genai-prices does).
+        cache_read=input_price if cache_read is None else cache_read,
+        cache_write=input_price if cache_write is None else cache_write,
+        output=output_price,
+        model_id=info.id,
+        source="genai-prices",
+    )
+
+
+@dataclass
+class Catalog:
+    """Overrides indexed for lookup by (org, provider, model), each list sorted by effective date."""
+
+    _overrides: dict[tuple[str, str, str], list[PriceOverride]] = field(default_factory=dict)
+
+    @classmethod
+    def from_overrides(cls, overrides: Iterable[PriceOverride]) -> Catalog:
+        index: dict[tuple[str, str, str], list[PriceOverride]] = {}
+        for o in overrides:
+            index.setdefault((o.org_id, o.provider, o.model.lower()), []).append(o)
+        for entries in index.values():
+            entries.sort(key=lambda o: o.effective_from)
+        return cls(index)
+
+    def _override(self, org_id: str, provider: str, model: str, at: datetime) -> PriceOverride | None:
+        for org in (org_id, ""):  # the organisation's own price wins over a global one
+            entries = self._overrides.get((org, provider, model.lower()))
+            if not entries:
+                continue
+            i = bisect.bisect_right([o.effective_from for o in entries], at)
+            if i:
+                return entries[i - 1]
+        return None
+
+    def rates(self, org_id: str, provider: str, model: str, at: datetime, total_input_tokens: int) -> Rates | None:
+        override = self._override(org_id, provider, model, at)
+        if override is not None:
+            return override.rates()
+        return published_rates(provider, model, at, total_input_tokens)

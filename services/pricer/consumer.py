@@ -1,0 +1,286 @@
+"""The pricer: one explicit chain of small steps per batch.
+
+    poll -> decode -> (poison: dead-letter) -> attribute -> price -> batch -> write -> commit
+
+Promises:
+- an offset is committed only after every message before it is either stored, or dead-lettered
+  and acknowledged by the broker;
+- a batch closes at ``batch_max_events`` or ``batch_max_wait_s`` after its first message,
+  whichever comes first, so spend is queryable within about a second of the call;
+- a store failure is retried with backoff for as long as it lasts; nothing is skipped and nothing
+  is committed meanwhile, and the consumer keeps its group membership by continuing to poll
+  (paused) between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from schemas.events import UsageEvent
+from services.common.settings import KafkaSettings, PricerSettings
+from services.pricer import state
+from services.pricer.attribution import PromptRegistry, Registration, attribute
+from services.pricer.catalog import Catalog
+from services.pricer.decode import Poison, decode
+from services.pricer.dlq import PoisonBreaker
+from services.pricer.pricing import price
+from services.pricer.rows import to_row
+from services.pricer.sink import PartitionBatch, stored_high_water, write
+from services.store import Store, StoreError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Pending:
+    """Messages read but not yet committed, per partition, in offset order."""
+
+    events: dict[int, list[tuple[int, UsageEvent]]] = field(default_factory=dict)
+    poison: list[tuple[int, int, bytes | None, bytes | None, str]] = field(default_factory=list)
+    last_offset: dict[int, int] = field(default_factory=dict)  # every message counts, poison too
+    opened_at: float | None = None
+    count: int = 0
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.events.pop(p, None)
+            self.last_offset.pop(p, None)
+        self.poison = [x for x in self.poison if x[0] not in partitions]
+        self.count = sum(len(v) for v in self.events.values()) + len(self.poison)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, pricer: Pricer) -> None:
+        self._pricer = pricer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._pricer.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._pricer.on_assigned({tp.partition for tp in assigned})
+
+
+class Pricer:
+    def __init__(self, store: Store, kafka: KafkaSettings, settings: PricerSettings, bootstrap: str) -> None:
+        self._store = store
+        self._kafka = kafka
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._pending = _Pending()
+        self._breaker = PoisonBreaker(settings.dlq_breaker_window, settings.dlq_breaker_ratio)
+        self._catalog = Catalog()
+        self._registry = PromptRegistry()
+        self._state_loaded_at = 0.0
+        self._high_water: dict[int, int | None] = {}  # None: not loaded yet for this assignment
+        self._stopping = asyncio.Event()
+        self._flushing = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.stored_total = 0  # rows written by this process, for logs and tests
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=self._settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._settings.batch_max_events,
+            fetch_max_wait_ms=100,
+        )
+        self._consumer.subscribe([self._kafka.raw_topic], listener=_Rebalance(self))
+        await self._consumer.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()  # flushes nothing: uncommitted work is re-read by the next owner
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def run(self) -> None:
+        """Consume until ``stop()``; flushes what is pending before returning."""
+        assert self._consumer is not None
+        try:
+            while not self._stopping.is_set():
+                records = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms())
+                for tp, messages in records.items():
+                    for m in messages:
+                        self._accept(tp.partition, m.offset, m.key, m.value)
+                if self._due():
+                    await self._flush()
+            if self._pending.count:
+                await self._flush()
+        except StoreError:
+            if not self._stopping.is_set():
+                raise
+            log.warning("stopped with an unwritten batch; its messages stay uncommitted and will be re-read")
+        finally:
+            log.info("pricer stopped", stored_total=self.stored_total)
+
+    # -- rebalance ------------------------------------------------------------------------
+
+    def on_assigned(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self._high_water[p] = None
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        """Write what we hold for partitions we are losing, so the next owner need not redo it.
+        If the store is down, give it up: the next owner re-reads from the committed offset."""
+        if self._pending.count and not self._flushing:
+            try:
+                await self._flush(retry=False)
+            except Exception as exc:  # noqa: BLE001 - any failure here means: leave it to the next owner
+                log.warning("flush on revoke failed; leaving the batch to the next owner", error=str(exc))
+        self._pending.drop_partitions(partitions)
+        for p in partitions:
+            self._high_water.pop(p, None)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _accept(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+        """Decode one message into the pending batch. Non-blocking. Raises when the poison
+        breaker trips."""
+        decoded = decode(value)
+        poison = isinstance(decoded, Poison)
+        self._breaker.record(poison)
+        if isinstance(decoded, Poison):
+            self._pending.poison.append((partition, offset, key, value, decoded.reason))
+        else:
+            self._pending.events.setdefault(partition, []).append((offset, decoded))
+        self._pending.last_offset[partition] = offset
+        self._pending.count += 1
+        if self._pending.opened_at is None:
+            self._pending.opened_at = time.monotonic()
+
+    def _due(self) -> bool:
+        p = self._pending
+        if not p.count:
+            return False
+        return p.count >= self._settings.batch_max_events or (
+            time.monotonic() - (p.opened_at or 0) >= self._settings.batch_max_wait_s
+        )
+
+    def _poll_timeout_ms(self) -> int:
+        if self._pending.opened_at is None:
+            return 500
+        left = self._settings.batch_max_wait_s - (time.monotonic() - self._pending.opened_at)
+        return max(0, int(left * 1000))
+
+    async def _refresh_state(self) -> None:
+        """Reload price overrides and the prompt registry when older than the refresh interval.
+        Blocking (two or three store reads)."""
+        if time.monotonic() - self._state_loaded_at < self._settings.catalog_refresh_s:
+            return
+        self._catalog = await state.load_catalog(self._store)
+        self._registry = await state.load_registry(self._store)
+        self._state_loaded_at = time.monotonic()
+
+    def _price_partition(self, partition: int, registrations: list[Registration]) -> PartitionBatch:
+        """Attribute and price one partition's events. Pure apart from the registry's memory."""
+        rows: list[dict[str, Any]] = []
+        entries = self._pending.events.get(partition, [])
+        for offset, event in entries:
+            version, registration = attribute(event, self._registry)
+            if registration is not None:
+                self._registry.record(registration)
+                registrations.append(registration)
+            rows.append(to_row(price(event, self._catalog), version, self._kafka.raw_topic, partition, offset))
+        first = entries[0][0] if entries else self._pending.last_offset[partition]
+        return PartitionBatch(self._kafka.raw_topic, partition, first, self._pending.last_offset[partition], rows)
+
+    async def _dead_letter(self) -> None:
+        """Publish poison to the dead-letter topic and wait for the broker's acknowledgement."""
+        assert self._producer is not None
+        sends = []
+        for partition, offset, key, value, reason in self._pending.poison:
+            log.warning("dead-lettering event", partition=partition, offset=offset, reason=reason)
+            headers = [
+                ("reason", reason.encode()),
+                ("source", f"{self._kafka.raw_topic}:{partition}:{offset}".encode()),
+            ]
+            sends.append(await self._producer.send(self._kafka.dlq_topic, value=value or b"", key=key, headers=headers))
+        await asyncio.gather(*sends)
+
+    async def _write_all(self, batches: list[PartitionBatch], registrations: list[Registration]) -> int:
+        await state.register_prompts(self._store, registrations)
+        missing = [b.partition for b in batches if self._high_water.get(b.partition) is None]
+        if missing:
+            found = await stored_high_water(self._store, self._kafka.raw_topic, missing)
+            for p in missing:
+                self._high_water[p] = found.get(p, -1)
+        written = 0
+        for batch in batches:
+            if not batch.rows:
+                continue
+            high = self._high_water.get(batch.partition)
+            written += await write(self._store, batch, check_existing=high is None or batch.first_offset <= high)
+        return written
+
+    async def _flush(self, *, retry: bool = True) -> None:
+        """Write the pending batch, then commit its offsets. Blocks until both are done; retries
+        store failures with backoff (keeping group membership) unless ``retry`` is False."""
+        self._flushing = True
+        try:
+            await self._flush_pending(retry)
+        finally:
+            self._flushing = False
+
+    async def _flush_pending(self, retry: bool) -> None:
+        assert self._consumer is not None
+        await self._with_retry(self._refresh_state, retry)
+        registrations: list[Registration] = []
+        batches = [self._price_partition(p, registrations) for p in sorted(self._pending.last_offset)]
+        if self._pending.poison:
+            await self._dead_letter()
+        written = await self._with_retry(lambda: self._write_all(batches, registrations), retry)
+        offsets = {
+            TopicPartition(self._kafka.raw_topic, p): last + 1 for p, last in self._pending.last_offset.items()
+        }
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # We lost the partitions while writing. The rows are stored; the next owner finds
+            # them through ingest_offsets and skips them, so dropping the batch here is safe.
+            log.warning("offset commit refused after a rebalance; the next owner will skip what we stored", error=str(exc))
+            self._pending = _Pending()
+            return
+        for p, last in self._pending.last_offset.items():
+            self._high_water[p] = max(self._high_water.get(p) or -1, last)
+        self.stored_total += written
+        log.debug("batch stored", rows=written, messages=self._pending.count, partitions=len(offsets))
+        self._pending = _Pending()
+
+    async def _with_retry(self, step: Any, retry: bool) -> Any:
+        delay = 0.1
+        paused = False
+        assert self._consumer is not None
+        try:
+            while True:
+                try:
+                    return await step()
+                except StoreError as exc:
+                    if not retry or self._stopping.is_set():
+                        raise
+                    log.error("store write failed; retrying", error=str(exc)[:500], retry_in_s=delay)
+                    if not paused:
+                        # Keep polling (to stay in the group) without taking more messages.
+                        self._consumer.pause(*self._consumer.assignment())
+                        paused = True
+                    await self._consumer.getmany(timeout_ms=int(delay * 1000))
+                    delay = min(delay * 2, 5.0)
+        finally:
+            if paused:
+                self._consumer.resume(*self._consumer.assignment())

@@ -1,0 +1,39 @@
+"""Step 1 of the chain: bytes from Kafka to a validated ``UsageEvent``. Pure, non-blocking.
+
+What cannot be decoded is *poison*: it goes to the dead-letter topic with the reason, and never
+stops the partition behind it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+
+from schemas.events import SCHEMA_VERSION, UsageEvent, decode_event
+
+
+@dataclass(frozen=True)
+class Poison:
+    reason: str
+
+
+def decode(payload: bytes | None) -> UsageEvent | Poison:
+    if not payload:
+        return Poison("empty message")
+    try:
+        event = decode_event(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return Poison(f"undecodable: {exc}")
+    if event.schema_version > SCHEMA_VERSION:
+        return Poison(f"unsupported schema version {event.schema_version} (this pricer reads up to {SCHEMA_VERSION})")
+    try:
+        event.event_id = str(uuid.UUID(event.event_id))
+    except ValueError:
+        return Poison(f"event_id is not a UUID: {event.event_id[:64]!r}")
+    if not event.org_id:
+        return Poison("org_id is empty")
+    if event.started_at.tzinfo is None:
+        return Poison("started_at has no timezone")
+    return event

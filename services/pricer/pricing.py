@@ -1,0 +1,103 @@
+"""The pricing core: ``price(event, catalog) -> PricedEvent``. Pure, no I/O, deterministic.
+
+Cost rules (every provider is first normalised by the gateway to the convention in
+``schemas.events``: ``input_tokens`` includes cache reads and writes):
+- uncached input = input - cache reads - cache writes, at the input price;
+- cache reads at the cache-read price, cache writes at the cache-write price;
+- output (reasoning included) at the output price;
+- each part is rounded half-even to the 12 decimals the store keeps; the total is the sum of the
+  rounded parts, so parts always add up to the total.
+"""
+
+from __future__ import annotations
+
+import decimal
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from schemas.events import UsageEvent
+from services.pricer.catalog import Catalog, Rates
+
+PricingStatus = Literal[
+    "priced",
+    "unknown_model",  # no price known for the model: stored at zero cost, repriceable later
+    "invalid_usage",  # token counts that cannot be true (negative, cache > input, absurd)
+    "no_usage",  # the response carried no usage (e.g. an upstream error): nothing to charge
+]
+
+MILLION = Decimal(1_000_000)
+QUANTUM = Decimal("1e-12")
+ZERO = Decimal(0)
+# A single call above this many tokens of one kind is a bug or an attack, not usage.
+MAX_TOKENS_PER_CALL = 100_000_000
+
+_CTX = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
+
+
+@dataclass(frozen=True)
+class Cost:
+    input: Decimal = ZERO
+    cache_read: Decimal = ZERO
+    cache_write: Decimal = ZERO
+    output: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return self.input + self.cache_read + self.cache_write + self.output
+
+
+@dataclass(frozen=True)
+class PricedEvent:
+    event: UsageEvent
+    cost: Cost
+    status: PricingStatus
+    priced_model: str = ""
+    price_source: str = ""
+
+
+def _part(tokens: int, per_mtok: Decimal) -> Decimal:
+    return _CTX.divide(_CTX.multiply(Decimal(tokens), per_mtok), MILLION).quantize(QUANTUM, context=_CTX)
+
+
+def usage_problem(event: UsageEvent) -> str | None:
+    """Why the event's token counts cannot be true, or None when they can."""
+    counts = (
+        event.input_tokens,
+        event.output_tokens,
+        event.cache_read_tokens,
+        event.cache_write_tokens,
+        event.reasoning_tokens,
+    )
+    if any(c < 0 for c in counts):
+        return "negative token count"
+    if any(c > MAX_TOKENS_PER_CALL for c in counts):
+        return "token count above the per-call limit"
+    if event.cache_read_tokens + event.cache_write_tokens > event.input_tokens:
+        return "cache tokens exceed input tokens"
+    if event.reasoning_tokens > event.output_tokens:
+        return "reasoning tokens exceed output tokens"
+    return None
+
+
+def cost_of(event: UsageEvent, rates: Rates) -> Cost:
+    uncached = event.input_tokens - event.cache_read_tokens - event.cache_write_tokens
+    return Cost(
+        input=_part(uncached, rates.input),
+        cache_read=_part(event.cache_read_tokens, rates.cache_read),
+        cache_write=_part(event.cache_write_tokens, rates.cache_write),
+        output=_part(event.output_tokens, rates.output),
+    )
+
+
+def price(event: UsageEvent, catalog: Catalog) -> PricedEvent:
+    if usage_problem(event) is not None:
+        return PricedEvent(event, Cost(), "invalid_usage")
+    if not event.usage_reported and event.input_tokens == 0 and event.output_tokens == 0:
+        return PricedEvent(event, Cost(), "no_usage")
+    # The returned model is the snapshot actually served; fall back to what was asked for.
+    for model in dict.fromkeys(m for m in (event.model, event.model_requested) if m):
+        rates = catalog.rates(event.org_id, event.provider, model, event.started_at, event.input_tokens)
+        if rates is not None:
+            return PricedEvent(event, cost_of(event, rates), "priced", rates.model_id, rates.source)
+    return PricedEvent(event, Cost(), "unknown_model")

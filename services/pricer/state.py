@@ -1,0 +1,78 @@
+"""Loads what the pricer's pure steps need from the store, and writes prompt registrations.
+
+Blocking: each call is one or two store round-trips. Called at start-up and on a refresh
+interval, never per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from services.pricer.attribution import PromptRegistry, Registration
+from services.pricer.catalog import Catalog, PriceOverride
+from services.store import Store
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+def _dec(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+async def load_catalog(store: Store) -> Catalog:
+    rows = await store.select(
+        "SELECT org_id, provider, model, effective_from, input_per_mtok, output_per_mtok,"
+        " cache_read_per_mtok, cache_write_per_mtok FROM price_overrides FINAL"
+    )
+    return Catalog.from_overrides(
+        PriceOverride(
+            org_id=r["org_id"],
+            provider=r["provider"],
+            model=r["model"],
+            effective_from=_ts(r["effective_from"]),
+            input_per_mtok=Decimal(r["input_per_mtok"]),
+            output_per_mtok=Decimal(r["output_per_mtok"]),
+            cache_read_per_mtok=_dec(r["cache_read_per_mtok"]),
+            cache_write_per_mtok=_dec(r["cache_write_per_mtok"]),
+        )
+        for r in rows
+    )
+
+
+async def load_registry(store: Store) -> PromptRegistry:
+    versions = await store.select("SELECT org_id, prompt_key, version FROM prompt_versions FINAL")
+    activations = await store.select("SELECT org_id, prompt_key, version, activated_at FROM prompt_activations FINAL")
+    return PromptRegistry.build(
+        ((r["org_id"], r["prompt_key"], int(r["version"])) for r in versions),
+        ((r["org_id"], r["prompt_key"], int(r["version"]), _ts(r["activated_at"])) for r in activations),
+    )
+
+
+async def register_prompts(store: Store, registrations: Sequence[Registration]) -> None:
+    """Create prompts and versions first used by events. Idempotent: the tables replace on their
+    keys, so a batch replayed after a crash registers nothing twice."""
+    if not registrations:
+        return
+    prompts = [
+        {"org_id": r.org_id, "prompt_key": r.prompt_key, "description": "", "created_at": r.at, "updated_at": r.at}
+        for r in registrations
+        if r.new_prompt
+    ]
+    versions = [
+        {"org_id": r.org_id, "prompt_key": r.prompt_key, "version": r.version, "model": r.model, "created_at": r.at}
+        for r in registrations
+    ]
+    activations = [
+        {"org_id": r.org_id, "prompt_key": r.prompt_key, "version": r.version, "activated_at": r.at}
+        for r in registrations
+        if r.new_prompt
+    ]
+    await store.insert("prompt_versions", versions)
+    if prompts:
+        # Prompts before activations: a reader that sees an activation can always find its prompt.
+        await store.insert("prompts", prompts)
+        await store.insert("prompt_activations", activations)

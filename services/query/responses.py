@@ -1,0 +1,23 @@
+"""JSON responses with money as exact JSON numbers.
+
+Litestar encodes ``Decimal`` as a string; dashboards and chargeback scripts expect numbers, and a
+float would round. msgspec can write a Decimal's exact digits as a JSON number, so every JSON
+response of the query service goes through that encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Response
+from litestar.serialization import default_serializer
+
+_encoder = msgspec.json.Encoder(enc_hook=default_serializer, decimal_format="number")
+
+
+class MoneyResponse(Response):
+    def render(self, content: Any, media_type: str, enc_hook: Any = default_serializer) -> bytes:
+        if isinstance(content, (bytes, str)) or "json" not in media_type:
+            return super().render(content, media_type, enc_hook)
+        return _encoder.encode(content)
