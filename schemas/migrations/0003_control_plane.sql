@@ -1,10 +1,12 @@
 -- Control plane: organisations, teams, platform keys, prompts and versions, price overrides.
+-- The operator organisation (created on first start) is the one whose admins may create others.
 -- Rows are never updated in place: a change is a new row with a later updated_at, and readers use
 -- FINAL (these tables are small) so the newest row wins.
 CREATE TABLE IF NOT EXISTS orgs
 (
     org_id String,
     name String,
+    operator Bool DEFAULT false,
     created_at DateTime64(3, 'UTC'),
     updated_at DateTime64(3, 'UTC')
 )

@@ -15,6 +15,9 @@ from services.pricer.catalog import Catalog, PriceOverride
 from services.store import Store
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _ts(value: str) -> datetime:
     return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
 
@@ -57,8 +60,10 @@ async def register_prompts(store: Store, registrations: Sequence[Registration]) 
     keys, so a batch replayed after a crash registers nothing twice."""
     if not registrations:
         return
+    # updated_at at the epoch: a prompt registered through the API (with its description) always
+    # wins over one auto-registered from a stale view of the registry.
     prompts = [
-        {"org_id": r.org_id, "prompt_key": r.prompt_key, "description": "", "created_at": r.at, "updated_at": r.at}
+        {"org_id": r.org_id, "prompt_key": r.prompt_key, "description": "", "created_at": r.at, "updated_at": _EPOCH}
         for r in registrations
         if r.new_prompt
     ]

@@ -13,7 +13,7 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, NotFoundException, PermissionDeniedException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
 
@@ -28,6 +28,10 @@ log = structlog.get_logger(__name__)
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 PromptKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+
+
+class OrgIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
 
 
 class TeamIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,10 +93,8 @@ def window(principal: Principal, start: str | None, end: str | None, provider: s
 
 # -- handlers ------------------------------------------------------------------------------
 
-WindowArgs = dict[str, Any]
 
-
-@get("/healthz", exclude_from_auth=True, sync_to_thread=False)
+@get("/healthz", sync_to_thread=False)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -101,6 +103,16 @@ def healthz() -> dict[str, str]:
 async def whoami(principal: Principal) -> dict[str, str]:
     """Who a platform key belongs to. The gateway authenticates proxy calls through this."""
     return {"org_id": principal.org_id, "key_id": principal.key_id, "team_id": principal.team_id, "role": principal.role}
+
+
+@post("/api/orgs", guards=[require_admin], status_code=201)
+async def create_org(request: Request, principal: Principal, data: OrgIn) -> dict[str, Any]:
+    """Operator only: a new tenant organisation and its first admin key (shown once)."""
+    store = _store(request)
+    if not await control.is_operator(store, principal.org_id):
+        raise PermissionDeniedException("only the operator organisation's admins create organisations")
+    org_id, key = await control.create_org(store, data.name)
+    return {"org_id": org_id, "name": data.name, "admin_key": key}
 
 
 @post("/api/teams", guards=[require_admin], status_code=201)
@@ -227,7 +239,7 @@ def _on_store(request: Request, exc: StoreError) -> Response:
 
 def create_app(store: Store, settings: QuerySettings) -> Litestar:
     route_handlers = [
-        healthz, whoami, create_team, list_teams, create_key, list_keys, revoke_key,
+        healthz, whoami, create_org, create_team, list_teams, create_key, list_keys, revoke_key,
         create_prompt, list_prompts, get_prompt, add_version, activate_version,
         monthly, by_prompt, by_team, version_comparison,
     ]

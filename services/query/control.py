@@ -37,13 +37,15 @@ class Bootstrap:
 async def bootstrap(store: Store, configured_admin_key: str | None) -> Bootstrap:
     """First start: create an organisation and an admin key. With a configured admin key, make
     sure that key exists (created in the first organisation if it does not)."""
-    orgs = await store.select("SELECT org_id FROM orgs FINAL ORDER BY created_at LIMIT 1")
+    orgs = await store.select("SELECT org_id FROM orgs FINAL WHERE operator ORDER BY created_at LIMIT 1")
     if orgs:
         org_id = orgs[0]["org_id"]
     else:
         org_id = new_id("org")
         now = _now()
-        await store.insert("orgs", [{"org_id": org_id, "name": "default", "created_at": now, "updated_at": now}])
+        await store.insert(
+            "orgs", [{"org_id": org_id, "name": "default", "operator": True, "created_at": now, "updated_at": now}]
+        )
     if configured_admin_key:
         found = await store.select(
             "SELECT key_id FROM api_keys FINAL WHERE key_hash = {h:String}", {"h": hash_key(configured_admin_key)}
@@ -58,8 +60,13 @@ async def bootstrap(store: Store, configured_admin_key: str | None) -> Bootstrap
     return Bootstrap(org_id, key)
 
 
+async def is_operator(store: Store, org_id: str) -> bool:
+    rows = await store.select("SELECT operator FROM orgs FINAL WHERE org_id = {org:String}", {"org": org_id})
+    return bool(rows and rows[0]["operator"])
+
+
 async def create_org(store: Store, name: str) -> tuple[str, str]:
-    """A new organisation with its first admin key (returned once)."""
+    """A new (tenant) organisation with its first admin key (returned once)."""
     org_id = new_id("org")
     now = _now()
     await store.insert("orgs", [{"org_id": org_id, "name": name, "created_at": now, "updated_at": now}])
