@@ -84,6 +84,7 @@ class Pricer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.stored_total = 0  # rows written by this process, for logs and tests
+        self.committed: dict[int, int] = {}  # partition -> next offset to read, as last committed
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -259,6 +260,7 @@ class Pricer:
             return
         for p, last in self._pending.last_offset.items():
             self._high_water[p] = max(self._high_water.get(p) or -1, last)
+            self.committed[p] = last + 1
         self.stored_total += written
         log.debug("batch stored", rows=written, messages=self._pending.count, partitions=len(offsets))
         self._pending = _Pending()

@@ -14,6 +14,13 @@ import msgspec
 from schemas.events import SCHEMA_VERSION, UsageEvent, decode_event
 
 
+class _Envelope(msgspec.Struct):
+    schema_version: int = SCHEMA_VERSION
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
 @dataclass(frozen=True)
 class Poison:
     reason: str
@@ -23,11 +30,14 @@ def decode(payload: bytes | None) -> UsageEvent | Poison:
     if not payload:
         return Poison("empty message")
     try:
+        # The version first: a newer event may not fit this pricer's struct, and "too new" is
+        # the reason worth reporting, not the missing field.
+        version = _envelope.decode(payload).schema_version
+        if version > SCHEMA_VERSION:
+            return Poison(f"unsupported schema version {version} (this pricer reads up to {SCHEMA_VERSION})")
         event = decode_event(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return Poison(f"undecodable: {exc}")
-    if event.schema_version > SCHEMA_VERSION:
-        return Poison(f"unsupported schema version {event.schema_version} (this pricer reads up to {SCHEMA_VERSION})")
     try:
         event.event_id = str(uuid.UUID(event.event_id))
     except ValueError:

@@ -1,0 +1,57 @@
+"""The same migrations and statements against a real ClickHouse server, through
+clickhouse-connect. Needs a Docker engine (testcontainers); skipped cleanly where there is none,
+as on the developer machines and CI of this project, where chDB stands in for the server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from services.store.clickhouse_store import ClickHouseStore
+from services.store.migrations import migrate
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.skipif(not _docker_available(), reason="no Docker engine on this machine"),
+]
+
+
+@pytest.fixture(scope="module")
+def server_url() -> str:
+    from testcontainers.clickhouse import ClickHouseContainer
+
+    with ClickHouseContainer("clickhouse/clickhouse-server:25.8") as ch:
+        yield f"http://{ch.username}:{ch.password}@{ch.get_container_host_ip()}:{ch.get_exposed_port(8123)}/{ch.dbname}"
+
+
+async def test_migrations_and_dedup_hold_on_a_server(server_url: str) -> None:
+    store = ClickHouseStore(server_url)
+    await migrate(store)
+    assert await migrate(store) == []
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    row = {
+        "event_id": str(uuid.uuid4()), "request_id": "r", "org_id": org, "provider": "openai", "model": "gpt-4o",
+        "started_at": datetime(2026, 3, 1, tzinfo=timezone.utc), "total_cost": Decimal("0.000000000001"),
+        "status": "ok", "http_status": 200,
+    }
+    await store.insert("usage_events", [row], dedup_token="t-1")
+    await store.insert("usage_events", [row], dedup_token="t-1")
+    rows = await store.select(
+        "SELECT sum(request_count) AS n, sum(total_cost) AS c FROM spend_daily_by_key WHERE org_id = {o:String}", {"o": org}
+    )
+    assert rows == [{"n": 1, "c": "0.000000000001"}]
+    await store.close()

@@ -1,0 +1,200 @@
+"""The pricer over a real broker and a real engine: every message stored exactly once, in the
+raw table and in every rollup, whatever happened to the pricer before."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas.events import UsageEvent, encode_event
+from services.common.broker import EmbeddedBroker
+from services.common.kafka import ensure_topics
+from services.common.settings import KafkaSettings, load_settings
+from services.pricer.catalog import Catalog
+from services.pricer.consumer import Pricer
+from services.pricer.dlq import PoisonBreakerTripped
+from services.pricer.pricing import price
+from services.pricer.rows import to_row
+from services.pricer.sink import PartitionBatch, write
+from services.store.chdb_store import ChdbStore
+from tests.support import await_until
+
+BASE = datetime(2026, 3, 14, 9, 0, tzinfo=timezone.utc)
+
+
+def make_events(org: str, n: int) -> list[UsageEvent]:
+    return [
+        UsageEvent(
+            event_id=str(uuid.uuid4()), request_id=f"req-{i}", org_id=org, team_id="team-a", key_id="key-a",
+            provider="openai", route="chat/completions", model="gpt-4o-2024-08-06", model_requested="gpt-4o",
+            started_at=BASE + timedelta(seconds=i), input_tokens=1_000 + i, output_tokens=10 + i % 7,
+            cache_read_tokens=(i % 3) * 100, prompt_key="p" if i % 2 else "",
+        )
+        for i in range(n)
+    ]
+
+
+def expected_total(events: list[UsageEvent]) -> Decimal:
+    return sum((price(e, Catalog()).cost.total for e in events), Decimal(0))
+
+
+async def totals(store: ChdbStore, org: str) -> dict[str, Decimal | int]:
+    raw = (await store.select(
+        "SELECT count() AS n, uniqExact(event_id) AS ids, sum(total_cost) AS cost FROM usage_events WHERE org_id = {o:String}",
+        {"o": org},
+    ))[0]
+    by_key = (await store.select(
+        "SELECT sum(request_count) AS n, sum(total_cost) AS cost FROM spend_daily_by_key WHERE org_id = {o:String}", {"o": org}
+    ))[0]
+    by_prompt = (await store.select(
+        "SELECT sum(request_count) AS n, sum(total_cost) AS cost FROM spend_daily_by_prompt WHERE org_id = {o:String}", {"o": org}
+    ))[0]
+    return {
+        "raw_rows": int(raw["n"]), "raw_ids": int(raw["ids"]), "raw_cost": Decimal(raw["cost"]),
+        "key_rollup_rows": int(by_key["n"] or 0), "key_rollup_cost": Decimal(by_key["cost"] or 0),
+        "prompt_rollup_rows": int(by_prompt["n"] or 0), "prompt_rollup_cost": Decimal(by_prompt["cost"] or 0),
+    }
+
+
+async def produce(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> dict[int, int]:
+    """Returns the end offset per partition."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=k, value=v) for k, v in payloads]
+        results = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    ends: dict[int, int] = {}
+    for md in results:
+        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+    return ends
+
+
+def pricer_for(store: ChdbStore, broker: EmbeddedBroker, topic: str, batch: int = 64) -> Pricer:
+    settings = load_settings({"METERLINE_BATCH_MAX_EVENTS": str(batch), "METERLINE_BATCH_MAX_WAIT": "0.2",
+                              "METERLINE_DLQ_BREAKER_WINDOW": "50", "METERLINE_PRICER_GROUP": f"g-{topic}"})
+    kafka = KafkaSettings(bootstrap=broker.bootstrap, raw_topic=topic, dlq_topic=f"{topic}.dlq", partitions=3)
+    return Pricer(store, kafka, settings.pricer, broker.bootstrap)
+
+
+async def run_until_committed(pricer: Pricer, ends: dict[int, int]) -> None:
+    await pricer.start()
+    task = asyncio.create_task(pricer.run())
+    try:
+        await await_until(
+            lambda: _done(pricer, ends, task), timeout_s=30, what=f"offsets {ends} committed (have {pricer.committed})"
+        )
+    finally:
+        pricer.stop()
+        await task
+        await pricer.close()
+
+
+async def _done(pricer: Pricer, ends: dict[int, int], task: asyncio.Task) -> bool:
+    if task.done():
+        task.result()
+    return all(pricer.committed.get(p, 0) >= end for p, end in ends.items())
+
+
+async def new_topic(broker: EmbeddedBroker) -> str:
+    topic = f"t-{uuid.uuid4().hex[:10]}"
+    await ensure_topics(broker.bootstrap, {topic: 3, f"{topic}.dlq": 1})
+    return topic
+
+
+async def test_same_batch_written_twice_counts_once_everywhere(store: ChdbStore) -> None:
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 40)
+    rows = [to_row(price(e, Catalog()), 0, "topic-x", 0, i) for i, e in enumerate(events)]
+    batch = PartitionBatch("topic-x", 0, 0, 39, rows)
+    assert await write(store, batch, check_existing=False) == 40
+    await write(store, batch, check_existing=False)  # a retry after a lost acknowledgement
+    t = await totals(store, org)
+    cost = expected_total(events)
+    assert t == {**t, "raw_rows": 40, "raw_ids": 40, "raw_cost": cost, "key_rollup_rows": 40, "key_rollup_cost": cost}
+    assert t["prompt_rollup_rows"] == 20
+
+
+async def test_crash_between_insert_and_commit_is_not_counted_twice(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    """A pricer wrote a batch and died before committing. The next one re-reads those messages
+    in different batch shapes, and must store each event once, in every table."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    events = make_events(org, 500)
+    # One partition keeps the dead pricer's offsets easy to state; the key decides it.
+    ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in events])
+    (partition,) = ends
+    # What the dead pricer managed: offsets 0..199 stored, nothing committed.
+    dead_rows = [to_row(price(e, Catalog()), 0, topic, partition, i) for i, e in enumerate(events[:200])]
+    await write(store, PartitionBatch(topic, partition, 0, 199, dead_rows), check_existing=False)
+
+    await run_until_committed(pricer_for(store, broker, topic, batch=64), ends)
+
+    t = await totals(store, org)
+    cost = expected_total(events)
+    assert t["raw_rows"] == 500 and t["raw_ids"] == 500 and t["raw_cost"] == cost
+    assert t["key_rollup_rows"] == 500 and t["key_rollup_cost"] == cost
+    assert t["prompt_rollup_rows"] == 250
+
+
+async def test_restarted_pricer_resumes_from_commits(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    first, second = make_events(org, 120), make_events(org, 80)
+    ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in first])
+    await run_until_committed(pricer_for(store, broker, topic), ends)
+    ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in second])
+    await run_until_committed(pricer_for(store, broker, topic), ends)
+    t = await totals(store, org)
+    assert t["raw_rows"] == 200 and t["key_rollup_rows"] == 200
+    assert t["key_rollup_cost"] == expected_total(first + second)
+
+
+async def test_poison_goes_to_the_dead_letter_topic_with_its_reason(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    events = make_events(org, 30)
+    poison = [b"{not json", b'{"schema_version": 99, "event_id": "x"}', b""]
+    payloads = [(org.encode(), encode_event(e)) for e in events[:15]] + [(org.encode(), p) for p in poison]
+    payloads += [(org.encode(), encode_event(e)) for e in events[15:]]
+    ends = await produce(broker.bootstrap, topic, payloads)
+    await run_until_committed(pricer_for(store, broker, topic), ends)
+    assert (await totals(store, org))["raw_rows"] == 30
+
+    consumer = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        seen: list = []
+
+        async def all_dead_lettered() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            seen.extend(m for ms in batch.values() for m in ms)
+            return len(seen) >= 3
+
+        await await_until(all_dead_lettered, what="3 dead-lettered messages")
+    finally:
+        await consumer.stop()
+    reasons = sorted(dict(m.headers)["reason"].decode() for m in seen)
+    assert [m.value for m in seen] == poison
+    assert any("undecodable" in r for r in reasons) and any("schema version 99" in r for r in reasons)
+    assert any("empty" in r for r in reasons)
+
+
+async def test_breaker_stops_the_pricer_when_most_events_are_poison(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    topic = await new_topic(broker)
+    await produce(broker.bootstrap, topic, [(b"k", b"garbage %d" % i) for i in range(100)])
+    pricer = pricer_for(store, broker, topic)
+    await pricer.start()
+    try:
+        task = asyncio.create_task(pricer.run())
+        done, _ = await asyncio.wait([task], timeout=30)
+        assert done, "the breaker did not stop the pricer"
+        assert isinstance(task.exception(), PoisonBreakerTripped)
+        assert pricer.committed == {}  # nothing was committed: the topic was not emptied into the DLQ
+    finally:
+        await pricer.close()
