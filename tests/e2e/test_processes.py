@@ -1,0 +1,100 @@
+"""The production commands as separate processes: a gateway scaled apart from the process that
+owns the store, the migration command, and a clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.common.broker import free_port, wait_for_port
+from tests.e2e.conftest import Org
+from tests.fakes.provider import FakeProvider
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "services.cli", *args], env={**os.environ, **env},
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def lone_gateway(org: Org, fake_provider: FakeProvider, tmp_path: Path) -> Iterator[str]:
+    """``meterline gateway`` on its own, sharing only Kafka and the query service with the stack.
+    Its Anthropic base URL points at a closed port, to see what an unreachable provider gives."""
+    port = free_port()
+    env = {
+        "METERLINE_KAFKA_BOOTSTRAP": org.stack.bootstrap,
+        "METERLINE_QUERY_URL": org.stack.query_url,
+        "METERLINE_GATEWAY_PORT": str(port),
+        "METERLINE_OPENAI_BASE_URL": fake_provider.openai_base_url,
+        "METERLINE_ANTHROPIC_BASE_URL": f"http://127.0.0.1:{free_port()}",
+    }
+    proc = _spawn(["gateway"], env, tmp_path / "gateway.log")
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "gateway.log").read_text()
+
+
+def test_a_separate_gateway_process_meters_into_the_same_pipeline(org: Org, lone_gateway: str) -> None:
+    headers = {"authorization": f"Bearer {org.admin_key}", "x-provider-key": "sk-up",
+               "x-fake-usage": json.dumps({"prompt_tokens": 400, "completion_tokens": 40})}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{lone_gateway}/api/proxy/v1/openai/chat/completions", json=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    anthropic_body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{lone_gateway}/api/proxy/v1/anthropic/messages", json=anthropic_body, headers=headers, timeout=30)
+    assert r.status_code == 502 and r.json()["type"] == "error"
+    totals = org.wait_for_requests(2)
+    assert str(totals["total_cost"]) == "0.0014"  # 400 × $2.50/M + 40 × $10/M; the 502 costs nothing
+
+
+def test_migrate_command_is_idempotent(tmp_path: Path) -> None:
+    env = {**os.environ, "METERLINE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'db'}"}
+    first = subprocess.run([sys.executable, "-m", "services.cli", "migrate"], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "applied migrations: [1, 2, 3]" in first.stdout, first.stderr
+    again = subprocess.run([sys.executable, "-m", "services.cli", "migrate"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_bad_settings_are_refused_at_start(tmp_path: Path) -> None:
+    env = {**os.environ, "METERLINE_GATEWAY_PORT": "eighty"}
+    r = subprocess.run([sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "METERLINE_GATEWAY_PORT" in r.stderr
+
+
+def test_up_prints_a_key_once_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    gw, q = free_port(), free_port()
+    env = {"METERLINE_GATEWAY_PORT": str(gw), "METERLINE_QUERY_PORT": str(q), "METERLINE_ADMIN_KEY": ""}
+    log = tmp_path / "up.log"
+    proc = _spawn(["up", "--data-dir", str(tmp_path / "data")], env, log)
+    try:
+        wait_for_port("127.0.0.1", gw, 60, proc)
+        out = log.read_text()
+        key = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("Admin key"))
+        who = httpx.get(f"http://127.0.0.1:{q}/api/auth/whoami", headers={"authorization": f"Bearer {key}"})
+        assert who.status_code == 200 and who.json()["role"] == "admin"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    assert code == 0, log.read_text()
+    assert "stopped" in log.read_text()
+    # Second start over the same data: no new key is printed.
+    proc = _spawn(["up", "--data-dir", str(tmp_path / "data")], env, log)
+    try:
+        wait_for_port("127.0.0.1", gw, 60, proc)
+        assert "Admin key" not in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
