@@ -5,9 +5,10 @@ This is the only module that reads the environment. Each service takes the part 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -83,7 +84,6 @@ class Settings:
     data_dir: Path
     log_level: str = "info"
     log_json: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int = 0, hi: int = 2**31) -> int:
@@ -107,6 +107,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
     if value < 0:
         raise SettingsError(f"{name} must not be negative, got {value}")
     return value
@@ -136,7 +138,7 @@ def load_settings(env: Mapping[str, str] | None = None, data_dir: Path | None = 
     query_port = _int(env, "METERLINE_QUERY_PORT", 8081, 0, 65535)
     gateway_port = _int(env, "METERLINE_GATEWAY_PORT", 8080, 0, 65535)
     host = env.get("METERLINE_HOST", "127.0.0.1")
-    log_level = env.get("METERLINE_LOG_LEVEL", "info").lower()
+    log_level = (env.get("METERLINE_LOG_LEVEL") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"METERLINE_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
     return Settings(

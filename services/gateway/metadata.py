@@ -62,7 +62,8 @@ def extract(body: dict[str, Any], headers: Mapping[str, str]) -> Tracking:
         raise MetadataError("_meterline must be an object with prompt_key, version and feature_tags")
     version = meta.get("version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-        if isinstance(version, str) and version.isdigit() and int(version) >= 1:
+        # isascii: str.isdigit() also accepts digits like "²" that int() refuses
+        if isinstance(version, str) and version.isascii() and version.isdigit() and 0 < len(version) <= 9 and int(version) >= 1:
             version = int(version)
         else:
             raise MetadataError("_meterline.version must be a positive integer")

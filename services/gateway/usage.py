@@ -90,6 +90,9 @@ def usage_from_body(provider: str, body: bytes) -> Usage:
     return openai_usage(data) if provider == "openai" else anthropic_usage(data)
 
 
+_RESPONSES_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
 class StreamUsage:
     """Accumulates usage from a stream's SSE events, one ``feed`` per complete event's data."""
 
@@ -110,6 +113,10 @@ class StreamUsage:
         return False
 
     def _feed_openai(self, data: dict[str, Any]) -> bool:
+        if data.get("type") in _RESPONSES_FINAL_EVENTS and isinstance(data.get("response"), dict):
+            # Responses API streams carry usage only in the final response object.
+            self.usage = openai_usage(data["response"])
+            return False
         if isinstance(data.get("usage"), dict):
             model = self.usage.model
             self.usage = openai_usage(data)

@@ -11,7 +11,7 @@ Pure: the overrides are handed in; loading them is the pricer's job (``catalog_l
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -78,9 +78,10 @@ def published_rates(provider: str, model: str, at: datetime, total_input_tokens:
         return None
     prices = info.get_prices(at)
     input_price = _tier_price(prices.input_mtok, total_input_tokens)
-    output_price = _tier_price(prices.output_mtok, total_input_tokens)
-    if input_price is None or output_price is None:
+    if input_price is None:
         return None  # priced per request, per second, ...: not a token model we can meter
+    # Embedding models bill input only: no output price means output is free, not unknown.
+    output_price = _tier_price(prices.output_mtok, total_input_tokens) or Decimal(0)
     cache_read = _tier_price(prices.cache_read_mtok, total_input_tokens)
     cache_write = _tier_price(prices.cache_write_mtok, total_input_tokens)
     return Rates(
@@ -119,8 +120,18 @@ class Catalog:
                 return entries[i - 1]
         return None
 
-    def rates(self, org_id: str, provider: str, model: str, at: datetime, total_input_tokens: int) -> Rates | None:
-        override = self._override(org_id, provider, model, at)
-        if override is not None:
-            return override.rates()
-        return published_rates(provider, model, at, total_input_tokens)
+    def rates(
+        self, org_id: str, provider: str, models: Sequence[str], at: datetime, total_input_tokens: int
+    ) -> Rates | None:
+        """Prices for the first of ``models`` (e.g. the dated snapshot returned, then the name
+        asked for) that has any. An override on *any* of the names beats the published catalog,
+        so an override on "gpt-4o" applies to calls served by "gpt-4o-2024-08-06"."""
+        for model in models:
+            override = self._override(org_id, provider, model, at)
+            if override is not None:
+                return override.rates()
+        for model in models:
+            rates = published_rates(provider, model, at, total_input_tokens)
+            if rates is not None:
+                return rates
+        return None

@@ -96,8 +96,8 @@ def price(event: UsageEvent, catalog: Catalog) -> PricedEvent:
     if not event.usage_reported and event.input_tokens == 0 and event.output_tokens == 0:
         return PricedEvent(event, Cost(), "no_usage")
     # The returned model is the snapshot actually served; fall back to what was asked for.
-    for model in dict.fromkeys(m for m in (event.model, event.model_requested) if m):
-        rates = catalog.rates(event.org_id, event.provider, model, event.started_at, event.input_tokens)
-        if rates is not None:
-            return PricedEvent(event, cost_of(event, rates), "priced", rates.model_id, rates.source)
-    return PricedEvent(event, Cost(), "unknown_model")
+    models = list(dict.fromkeys(m for m in (event.model, event.model_requested) if m))
+    rates = catalog.rates(event.org_id, event.provider, models, event.started_at, event.input_tokens)
+    if rates is None:
+        return PricedEvent(event, Cost(), "unknown_model")
+    return PricedEvent(event, cost_of(event, rates), "priced", rates.model_id, rates.source)
