@@ -17,6 +17,7 @@ import pytest
 from services.common.broker import free_port, wait_for_port
 from tests.e2e.conftest import Org
 from tests.fakes.provider import FakeProvider
+from tests.support import wait_until
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -80,8 +81,8 @@ def test_up_prints_a_key_once_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     log = tmp_path / "up.log"
     proc = _spawn(["up", "--data-dir", str(tmp_path / "data")], env, log)
     try:
-        wait_for_port("127.0.0.1", gw, 60, proc)
-        out = log.read_text()
+        # The banner comes after the servers listen: wait for it, not for the port.
+        out = wait_until(lambda: (t := log.read_text()) if "Meterline is up." in t else None, timeout_s=60, what="the banner")
         key = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("Admin key"))
         who = httpx.get(f"http://127.0.0.1:{q}/api/auth/whoami", headers={"authorization": f"Bearer {key}"})
         assert who.status_code == 200 and who.json()["role"] == "admin"
@@ -93,8 +94,8 @@ def test_up_prints_a_key_once_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     # Second start over the same data: no new key is printed.
     proc = _spawn(["up", "--data-dir", str(tmp_path / "data")], env, log)
     try:
-        wait_for_port("127.0.0.1", gw, 60, proc)
-        assert "Admin key" not in log.read_text()
+        out = wait_until(lambda: (t := log.read_text()) if "Meterline is up." in t else None, timeout_s=60, what="the banner")
+        assert "Admin key" not in out
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
