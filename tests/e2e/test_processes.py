@@ -20,6 +20,15 @@ from tests.fakes.provider import FakeProvider
 from tests.support import wait_until
 
 
+def _banner(log: Path) -> str:
+    """The start-up output, once the banner (printed after both servers listen) is there."""
+    def printed() -> str | None:
+        text = log.read_text()
+        return text if "Meterline is up." in text else None
+
+    return wait_until(printed, timeout_s=60, what="the start-up banner")
+
+
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "services.cli", *args], env={**os.environ, **env},
@@ -82,7 +91,7 @@ def test_up_prints_a_key_once_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     proc = _spawn(["up", "--data-dir", str(tmp_path / "data")], env, log)
     try:
         # The banner comes after the servers listen: wait for it, not for the port.
-        out = wait_until(lambda: (t := log.read_text()) if "Meterline is up." in t else None, timeout_s=60, what="the banner")
+        out = _banner(log)
         key = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("Admin key"))
         who = httpx.get(f"http://127.0.0.1:{q}/api/auth/whoami", headers={"authorization": f"Bearer {key}"})
         assert who.status_code == 200 and who.json()["role"] == "admin"
@@ -94,7 +103,7 @@ def test_up_prints_a_key_once_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     # Second start over the same data: no new key is printed.
     proc = _spawn(["up", "--data-dir", str(tmp_path / "data")], env, log)
     try:
-        out = wait_until(lambda: (t := log.read_text()) if "Meterline is up." in t else None, timeout_s=60, what="the banner")
+        out = _banner(log)
         assert "Admin key" not in out
     finally:
         proc.send_signal(signal.SIGINT)
