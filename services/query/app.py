@@ -174,42 +174,35 @@ _End = Annotated[str | None, Parameter(description="last day, inclusive")]
 _Provider = Annotated[str | None, Parameter(description="openai or anthropic")]
 
 
+async def span_of(
+    principal: Principal, start: _Start = None, end: _End = None, provider: _Provider = None,
+    include_sandbox: bool = False,
+) -> agg.Window:
+    """Dependency: the caller's organisation and the validated date window of an aggregation."""
+    return window(principal, start, end, provider, include_sandbox)
+
+
 @get("/api/aggregations/monthly")
-async def monthly(
-    request: Request, principal: Principal, start: _Start = None, end: _End = None,
-    provider: _Provider = None, include_sandbox: bool = False,
-) -> dict[str, Any]:
-    return await agg.monthly(_store(request), window(principal, start, end, provider, include_sandbox))
+async def monthly(request: Request, span: agg.Window) -> dict[str, Any]:
+    return await agg.monthly(_store(request), span)
 
 
 @get("/api/aggregations/by-prompt")
-async def by_prompt(
-    request: Request, principal: Principal, start: _Start = None, end: _End = None,
-    provider: _Provider = None, include_sandbox: bool = False,
-) -> dict[str, Any]:
-    return await agg.by_prompt(_store(request), window(principal, start, end, provider, include_sandbox))
+async def by_prompt(request: Request, span: agg.Window) -> dict[str, Any]:
+    return await agg.by_prompt(_store(request), span)
 
 
 @get("/api/aggregations/by-team")
-async def by_team(
-    request: Request, principal: Principal, start: _Start = None, end: _End = None,
-    provider: _Provider = None, include_sandbox: bool = False,
-) -> dict[str, Any]:
+async def by_team(request: Request, span: agg.Window) -> dict[str, Any]:
     store = _store(request)
-    names = await control.team_names(store, principal.org_id)
-    return await agg.by_team(store, window(principal, start, end, provider, include_sandbox), names)
+    return await agg.by_team(store, span, await control.team_names(store, span.org_id))
 
 
 @get("/api/aggregations/version-comparison")
-async def version_comparison(
-    request: Request, principal: Principal, prompt_key: str | None = None, start: _Start = None,
-    end: _End = None, provider: _Provider = None, include_sandbox: bool = False,
-) -> dict[str, Any]:
+async def version_comparison(request: Request, span: agg.Window, prompt_key: str | None = None) -> dict[str, Any]:
     if not prompt_key:
         raise ValidationException("prompt_key: required")
-    return await agg.version_comparison(
-        _store(request), window(principal, start, end, provider, include_sandbox), prompt_key
-    )
+    return await agg.version_comparison(_store(request), span, prompt_key)
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -245,7 +238,7 @@ def create_app(store: Store, settings: QuerySettings) -> Litestar:
     ]
     app = Litestar(
         route_handlers=route_handlers,
-        dependencies={"principal": Provide(principal_of)},
+        dependencies={"principal": Provide(principal_of), "span": Provide(span_of)},
         response_class=MoneyResponse,
         exception_handlers={
             HTTPException: _on_http,
