@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import date, datetime, timezone
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -57,6 +58,24 @@ class PromptIn(msgspec.Struct, forbid_unknown_fields=True):
     model: str = ""
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] | None = None
+
+
+class PriceOverrideIn(msgspec.Struct, forbid_unknown_fields=True):
+    """USD per million tokens, as exact decimals (strings or JSON numbers)."""
+
+    provider: Literal["openai", "anthropic"]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cache_read_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+    effective_from: datetime | None = None  # default: now
+
+    def __post_init__(self) -> None:
+        for name in ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok"):
+            value = getattr(self, name)
+            if value is not None and not (value.is_finite() and 0 <= value <= 1_000_000):
+                raise ValueError(f"{name} must be between 0 and 1000000 USD per million tokens")
 
 
 def _store(request: Request) -> Store:
@@ -169,6 +188,21 @@ async def activate_version(request: Request, principal: Principal, prompt_key: s
     return await control.activate_version(_store(request), principal.org_id, prompt_key, n)
 
 
+@post("/api/prices", guards=[require_admin], status_code=201)
+async def set_price(request: Request, principal: Principal, data: PriceOverrideIn) -> dict[str, Any]:
+    """Override the catalog price of a model for this organisation (USD per million tokens)."""
+    effective = data.effective_from or datetime.now(timezone.utc)
+    if effective.tzinfo is None:
+        effective = effective.replace(tzinfo=timezone.utc)
+    override = {**msgspec.structs.asdict(data), "effective_from": effective}
+    return await control.set_price_override(_store(request), principal.org_id, override)
+
+
+@get("/api/prices")
+async def list_prices(request: Request, principal: Principal) -> dict[str, Any]:
+    return {"overrides": await control.list_price_overrides(_store(request), principal.org_id)}
+
+
 _Start = Annotated[str | None, Parameter(description="first day, YYYY-MM-DD or ISO 8601 (UTC)")]
 _End = Annotated[str | None, Parameter(description="last day, inclusive")]
 _Provider = Annotated[str | None, Parameter(description="openai or anthropic")]
@@ -233,7 +267,7 @@ def _on_store(request: Request, exc: StoreError) -> Response:
 def create_app(store: Store, settings: QuerySettings) -> Litestar:
     route_handlers = [
         healthz, whoami, create_org, create_team, list_teams, create_key, list_keys, revoke_key,
-        create_prompt, list_prompts, get_prompt, add_version, activate_version,
+        set_price, list_prices, create_prompt, list_prompts, get_prompt, add_version, activate_version,
         monthly, by_prompt, by_team, version_comparison,
     ]
     app = Litestar(

@@ -283,3 +283,24 @@ async def activate_version(store: Store, org_id: str, prompt_key: str, n: int) -
         raise NotFound(f"prompt {prompt_key!r} has no version {n}")
     await _activate(store, org_id, prompt_key, n, _now())
     return await get_prompt(store, org_id, prompt_key)
+
+
+# -- price overrides -------------------------------------------------------------------------
+
+
+async def list_price_overrides(store: Store, org_id: str) -> list[dict[str, Any]]:
+    return await store.select(
+        "SELECT provider, model, effective_from, input_per_mtok, cache_read_per_mtok, cache_write_per_mtok,"
+        " output_per_mtok, created_at FROM price_overrides FINAL WHERE org_id = {org:String}"
+        " ORDER BY provider, model, effective_from",
+        {"org": org_id},
+    )
+
+
+async def set_price_override(store: Store, org_id: str, override: dict[str, Any]) -> dict[str, Any]:
+    """A negotiated price for the organisation, from ``effective_from`` on. Setting the same
+    (provider, model, effective_from) again replaces it. The pricer picks it up within its
+    refresh interval; events already stored keep the price they were stored with."""
+    row = {**override, "org_id": org_id, "created_at": _now()}
+    await store.insert("price_overrides", [row])
+    return {k: v for k, v in row.items() if k != "org_id"}

@@ -103,3 +103,15 @@ def test_organisations_never_see_each_other(org: Org) -> None:
     my_key = org.new_key()
     assert org.stack.query(stranger, "DELETE", f"/api/keys/{my_key['id']}").status_code == 404
     assert org.stack.query(stranger, "GET", "/api/prompts/mine").status_code == 404
+
+
+def test_price_overrides_are_validated_and_admin_only(org: Org) -> None:
+    q = org.stack.query
+    body = {"provider": "openai", "model": "gpt-4o", "input_per_mtok": "-1", "output_per_mtok": "4"}
+    r = q(org.admin_key, "POST", "/api/prices", json=body)
+    assert r.status_code == 400 and "input_per_mtok" in r.text
+    r = q(org.admin_key, "POST", "/api/prices", json={**body, "input_per_mtok": "1", "provider": "mistral"})
+    assert r.status_code == 400 and "provider" in r.text
+    member = org.new_key(role="member")["key"]
+    assert q(member, "POST", "/api/prices", json={**body, "input_per_mtok": "1"}).status_code == 403
+    assert q(member, "GET", "/api/prices").json() == {"overrides": []}

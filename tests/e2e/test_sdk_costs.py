@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import Org
 from tests.fakes.provider import FakeProvider
+from tests.support import wait_until
 
 M = Decimal(1_000_000)
 # Published prices, USD per million tokens.
@@ -172,3 +173,42 @@ def test_sandbox_calls_never_reach_upstream_and_are_left_out_of_spend(org: Org, 
     with_sandbox = org.wait_for_requests(1, include_sandbox="true")
     assert with_sandbox["total_cost"] > 0
     assert org.monthly()["request_count"] == 0
+
+
+def test_embeddings_and_responses_routes_are_forwarded_and_metered(org: Org) -> None:
+    client = oai(org)
+    vectors = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"],
+                                       extra_headers=usage_header(prompt_tokens=50_000))
+    assert len(vectors.data) == 2
+    reply = client.responses.create(model="gpt-4o", input="hi",
+                                    extra_headers=usage_header(input_tokens=3_000, output_tokens=200, cached_tokens=1_000))
+    assert reply.usage is not None and reply.usage.input_tokens == 3_000
+    totals = org.wait_for_requests(2)
+    # text-embedding-3-small: $0.02 per million input tokens, no output price.
+    assert totals["total_cost"] == 50_000 * Decimal("0.02") / M + openai_cost(3_000, 200, 1_000)
+
+
+def test_a_price_override_applies_to_calls_after_it(org: Org) -> None:
+    client = oai(org)
+    counts = usage_header(prompt_tokens=1_000_000, completion_tokens=1_000_000, cached_tokens=500_000)
+    calls = 0
+
+    def call_cost() -> Decimal:
+        """One call under its own prompt key, so the by-prompt rollup shows its cost alone."""
+        nonlocal calls
+        calls += 1
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}],
+                                       extra_headers=counts, extra_body={"_meterline": {"prompt_key": f"call-{calls}"}})
+        org.wait_for_requests(calls)
+        return by_prompt(org)[f"call-{calls}"]
+
+    published = openai_cost(1_000_000, 1_000_000, 500_000)
+    assert call_cost() == published
+    override = org.post("/api/prices", {"provider": "openai", "model": "gpt-4o", "input_per_mtok": "1.00",
+                                        "output_per_mtok": "4.00", "cache_read_per_mtok": "0.10"})
+    assert override["model"] == "gpt-4o"
+    assert [o["model"] for o in org.get("/api/prices")["overrides"]] == ["gpt-4o"]
+    negotiated = Decimal("0.5") + Decimal("0.05") + Decimal("4")  # 0.5M uncached, 0.5M cached, 1M out
+    # The pricer reloads overrides on an interval (2 s): calls until then keep the published price.
+    wait_until(lambda: call_cost() == negotiated, timeout_s=15, interval_s=0.2, what="a call priced at the override")
+    assert by_prompt(org)["call-1"] == published  # stored costs never change behind the user's back
