@@ -87,21 +87,3 @@ SELECT
 FROM usage_events
 WHERE prompt_key != ''
 GROUP BY org_id, day, provider, sandbox, prompt_key, prompt_version, model;
-
--- The highest Kafka offset stored per partition. A pricer taking over a partition reads it to
--- know how far a previous owner may have written past its last committed offset.
-CREATE TABLE IF NOT EXISTS ingest_offsets
-(
-    kafka_topic LowCardinality(String),
-    kafka_partition UInt32,
-    max_offset SimpleAggregateFunction(max, UInt64)
-)
-ENGINE = AggregatingMergeTree
-ORDER BY (kafka_topic, kafka_partition)
-SETTINGS non_replicated_deduplication_window = 10000;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS ingest_offsets_mv TO ingest_offsets AS
-SELECT kafka_topic, kafka_partition, max(kafka_offset) AS max_offset
-FROM usage_events
-WHERE kafka_topic != ''
-GROUP BY kafka_topic, kafka_partition;

@@ -32,7 +32,7 @@ from services.pricer.decode import Poison, decode
 from services.pricer.dlq import PoisonBreaker
 from services.pricer.pricing import price
 from services.pricer.rows import to_row
-from services.pricer.sink import PartitionBatch, stored_high_water, write
+from services.pricer.sink import PartitionBatch, write
 from services.store import Store, StoreError
 
 log = structlog.get_logger(__name__)
@@ -78,7 +78,6 @@ class Pricer:
         self._catalog = Catalog()
         self._registry = PromptRegistry()
         self._state_loaded_at = 0.0
-        self._high_water: dict[int, int | None] = {}  # None: not loaded yet for this assignment
         self._stopping = asyncio.Event()
         self._flushing = False
         self._consumer: AIOKafkaConsumer | None = None
@@ -134,8 +133,7 @@ class Pricer:
     # -- rebalance ------------------------------------------------------------------------
 
     def on_assigned(self, partitions: set[int]) -> None:
-        for p in partitions:
-            self._high_water[p] = None
+        log.info("partitions assigned", partitions=sorted(partitions))
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Write what we hold for partitions we are losing, so the next owner need not redo it.
@@ -146,8 +144,6 @@ class Pricer:
             except Exception as exc:  # noqa: BLE001 - any failure here means: leave it to the next owner
                 log.warning("flush on revoke failed; leaving the batch to the next owner", error=str(exc))
         self._pending.drop_partitions(partitions)
-        for p in partitions:
-            self._high_water.pop(p, None)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -217,17 +213,10 @@ class Pricer:
 
     async def _write_all(self, batches: list[PartitionBatch], registrations: list[Registration]) -> int:
         await state.register_prompts(self._store, registrations)
-        missing = [b.partition for b in batches if self._high_water.get(b.partition) is None]
-        if missing:
-            found = await stored_high_water(self._store, self._kafka.raw_topic, missing)
-            for p in missing:
-                self._high_water[p] = found.get(p, -1)
         written = 0
         for batch in batches:
-            if not batch.rows:
-                continue
-            high = self._high_water.get(batch.partition)
-            written += await write(self._store, batch, check_existing=high is None or batch.first_offset <= high)
+            if batch.rows:
+                written += await write(self._store, batch)
         return written
 
     async def _flush(self, *, retry: bool = True) -> None:
@@ -253,13 +242,12 @@ class Pricer:
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
-            # We lost the partitions while writing. The rows are stored; the next owner finds
-            # them through ingest_offsets and skips them, so dropping the batch here is safe.
+            # We lost the partitions while writing. The rows are stored; the next owner reads the
+            # messages again and drops the events already stored, so dropping the batch is safe.
             log.warning("offset commit refused after a rebalance; the next owner will skip what we stored", error=str(exc))
             self._pending = _Pending()
             return
         for p, last in self._pending.last_offset.items():
-            self._high_water[p] = max(self._high_water.get(p) or -1, last)
             self.committed[p] = last + 1
         self.stored_total += written
         log.debug("batch stored", rows=written, messages=self._pending.count, partitions=len(offsets))

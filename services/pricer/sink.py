@@ -1,19 +1,20 @@
-"""Writes priced rows so that each Kafka message is stored exactly once.
+"""Writes priced rows so that each event is stored exactly once.
 
-Two mechanisms, each covering a different failure:
-- **Retried insert** (the store timed out, the answer was lost): the retry carries the same
-  deduplication token, derived from topic, partition and offset range, so ClickHouse drops it in
-  ``usage_events`` and in every materialized view fed by it.
-- **Crash between insert and offset commit**: the next owner of the partition cannot rebuild the
-  same batch (batches close on size *or* time), so tokens do not help. Instead, it reads how far
-  the store already got for the partition (``ingest_offsets``) and, for messages up to there,
-  drops the events the store already holds before inserting.
+Delivery into the topic is at least once: the gateway may publish an event twice (a spool
+replay after a broker outage, a producer retry), and a pricer that dies between its insert and
+its offset commit leaves messages that the next owner of the partition reads again, in batches
+of another shape. Two mechanisms make the store exactly once:
+- **Event ids already stored are dropped** before every insert (and duplicates within the
+  batch), so neither a resend nor a re-read is stored twice, in the raw table or in a rollup.
+- **A retried insert carries the same deduplication token** (topic, partition, offset range and
+  a digest of its ids), so when the store did apply an insert whose acknowledgement was lost,
+  ClickHouse drops the retry in ``usage_events`` and in every materialized view it feeds.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,19 +40,6 @@ class PartitionBatch:
         return f"{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}:{digest.hexdigest()}"
 
 
-async def stored_high_water(store: Store, topic: str, partitions: Iterable[int]) -> dict[int, int]:
-    """The highest offset stored per partition (absent where nothing was ever stored)."""
-    wanted = sorted(set(partitions))
-    if not wanted:
-        return {}
-    rows = await store.select(
-        "SELECT kafka_partition AS p, max(max_offset) AS o FROM ingest_offsets"
-        " WHERE kafka_topic = {topic:String} AND kafka_partition IN {parts:Array(UInt32)} GROUP BY p",
-        {"topic": topic, "parts": wanted},
-    )
-    return {int(r["p"]): int(r["o"]) for r in rows}
-
-
 async def already_stored(store: Store, rows: Sequence[dict[str, Any]]) -> set[str]:
     """Event ids among ``rows`` that the store holds already. Bounded by the batch's organisations
     and time range so it reads a few granules, not the table."""
@@ -73,13 +61,12 @@ async def already_stored(store: Store, rows: Sequence[dict[str, Any]]) -> set[st
     return {r["id"] for r in found}
 
 
-async def write(store: Store, batch: PartitionBatch, *, check_existing: bool) -> int:
-    """Insert one partition's rows; returns how many were inserted. Blocking until the store
+async def write(store: Store, batch: PartitionBatch) -> int:
+    """Insert one partition's new rows; returns how many were inserted. Blocking until the store
     has acknowledged; raises ``StoreError`` otherwise (nothing may then be committed)."""
-    rows = batch.rows
-    if check_existing:
-        present = await already_stored(store, rows)
-        rows = [r for r in rows if r["event_id"] not in present]
+    unique = list({r["event_id"]: r for r in reversed(batch.rows)}.values())[::-1]  # first copy wins
+    present = await already_stored(store, unique)
+    rows = [r for r in unique if r["event_id"] not in present]
     if rows:
         await store.insert("usage_events", rows, dedup_token=batch.dedup_token)
     return len(rows)

@@ -112,8 +112,11 @@ async def test_same_batch_written_twice_counts_once_everywhere(store: ChdbStore)
     events = make_events(org, 40)
     rows = [to_row(price(e, Catalog()), 0, "topic-x", 0, i) for i, e in enumerate(events)]
     batch = PartitionBatch("topic-x", 0, 0, 39, rows)
-    assert await write(store, batch, check_existing=False) == 40
-    await write(store, batch, check_existing=False)  # a retry after a lost acknowledgement
+    assert await write(store, batch) == 40
+    assert await write(store, batch) == 0  # the pricer's retry: every id is already stored
+    # The store applied an insert but its acknowledgement was lost, and the retry raced past the
+    # id check: the token alone must make it a no-op, in the table and in every rollup.
+    await store.insert("usage_events", rows, dedup_token=batch.dedup_token)
     t = await totals(store, org)
     cost = expected_total(events)
     assert t == {**t, "raw_rows": 40, "raw_ids": 40, "raw_cost": cost, "key_rollup_rows": 40, "key_rollup_cost": cost}
@@ -131,7 +134,7 @@ async def test_crash_between_insert_and_commit_is_not_counted_twice(store: ChdbS
     (partition,) = ends
     # What the dead pricer managed: offsets 0..199 stored, nothing committed.
     dead_rows = [to_row(price(e, Catalog()), 0, topic, partition, i) for i, e in enumerate(events[:200])]
-    await write(store, PartitionBatch(topic, partition, 0, 199, dead_rows), check_existing=False)
+    await write(store, PartitionBatch(topic, partition, 0, 199, dead_rows))
 
     await run_until_committed(pricer_for(store, broker, topic, batch=64), ends)
 
@@ -140,6 +143,19 @@ async def test_crash_between_insert_and_commit_is_not_counted_twice(store: ChdbS
     assert t["raw_rows"] == 500 and t["raw_ids"] == 500 and t["raw_cost"] == cost
     assert t["key_rollup_rows"] == 500 and t["key_rollup_cost"] == cost
     assert t["prompt_rollup_rows"] == 250
+
+
+async def test_an_event_published_twice_is_stored_once(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    """The gateway replays its spool after a broker outage, or a producer retries: the same
+    event_id arrives at two offsets, even in two batches."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    events = make_events(org, 60)
+    twice = events + events[10:30] + events[:5]
+    ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in twice])
+    await run_until_committed(pricer_for(store, broker, topic, batch=16), ends)
+    t = await totals(store, org)
+    assert t["raw_rows"] == 60 and t["key_rollup_rows"] == 60 and t["key_rollup_cost"] == expected_total(events)
 
 
 async def test_restarted_pricer_resumes_from_commits(store: ChdbStore, broker: EmbeddedBroker) -> None:
