@@ -22,6 +22,7 @@ from services.gateway.app import create_app as create_gateway_app
 from services.gateway.auth import GatewayAuth
 from services.gateway.proxy import Proxy
 from services.gateway.publisher import EventPublisher
+from services.gateway.spool import Spool
 from services.pricer.consumer import Pricer
 from services.query import control
 from services.query.app import create_app as create_query_app
@@ -81,7 +82,11 @@ async def _prepared_store(settings: Settings) -> Store:
 
 class GatewayPart:
     def __init__(self, settings: Settings, bootstrap: str) -> None:
-        self.publisher = EventPublisher(bootstrap, settings.kafka.raw_topic, settings.gateway.event_queue_size)
+        g = settings.gateway
+        spool = Spool(g.spool_dir, g.spool_max_bytes)
+        self.publisher = EventPublisher(
+            bootstrap, settings.kafka.raw_topic, g.event_queue_size, spool, send_timeout_s=g.publish_timeout_s
+        )
         self.auth = GatewayAuth(settings.gateway.query_url, settings.gateway.key_cache_ttl_s)
         self.proxy = Proxy(settings.gateway, self.auth, self.publisher)
         app = create_gateway_app(self.proxy, self.publisher)

@@ -54,6 +54,9 @@ class GatewaySettings:
     read_timeout_s: float
     key_cache_ttl_s: float
     event_queue_size: int
+    spool_dir: Path
+    spool_max_bytes: int
+    publish_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class PricerSettings:
     catalog_refresh_s: float
     dlq_breaker_ratio: float  # stop when more than this share of a window is poison
     dlq_breaker_window: int
+    session_timeout_ms: int  # how soon the group notices a dead pricer and hands its partitions on
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,9 @@ def load_settings(env: Mapping[str, str] | None = None, data_dir: Path | None = 
             read_timeout_s=_float(env, "METERLINE_UPSTREAM_READ_TIMEOUT", 600.0),
             key_cache_ttl_s=_float(env, "METERLINE_KEY_CACHE_TTL", 2.0),
             event_queue_size=_int(env, "METERLINE_EVENT_QUEUE_SIZE", 100_000, 1),
+            spool_dir=Path(env.get("METERLINE_SPOOL_DIR") or data_dir / "spool"),
+            spool_max_bytes=_int(env, "METERLINE_SPOOL_MAX_BYTES", 1024**3, 1024, 2**50),
+            publish_timeout_s=_float(env, "METERLINE_PUBLISH_TIMEOUT", 5.0),
         ),
         pricer=PricerSettings(
             group_id=env.get("METERLINE_PRICER_GROUP", "meterline-pricer"),
@@ -166,6 +173,7 @@ def load_settings(env: Mapping[str, str] | None = None, data_dir: Path | None = 
             catalog_refresh_s=_float(env, "METERLINE_CATALOG_REFRESH", 2.0),
             dlq_breaker_ratio=_float(env, "METERLINE_DLQ_BREAKER_RATIO", 0.5),
             dlq_breaker_window=_int(env, "METERLINE_DLQ_BREAKER_WINDOW", 1000, 1),
+            session_timeout_ms=_int(env, "METERLINE_PRICER_SESSION_TIMEOUT_MS", 10_000, 1_000, 300_000),
         ),
         query=QuerySettings(
             port=query_port,

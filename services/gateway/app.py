@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 
 from services.gateway.errors import error_response
 from services.gateway.proxy import Proxy
+from services.gateway.publisher import EventPublisher
 
 
 @post("/api/proxy/v1/openai/{route:path}", status_code=200)
@@ -21,8 +24,25 @@ async def anthropic_proxy(request: Request, route: str) -> Response:
 
 @get("/healthz", sync_to_thread=False)
 def healthz(request: Request) -> dict[str, object]:
-    publisher = request.app.state.publisher
-    return {"status": "ok", "event_backlog": publisher.backlog, "events_dropped": publisher.dropped}
+    publisher: EventPublisher = request.app.state.publisher
+    return {"status": "ok", "event_backlog": publisher.backlog, "spool_bytes": publisher.spool_bytes,
+            **asdict(publisher.stats)}
+
+
+@get("/metrics", sync_to_thread=False, media_type="text/plain; version=0.0.4")
+def metrics(request: Request) -> str:
+    """Prometheus text format: the numbers to alert on (dropped above zero, spool growing)."""
+    publisher: EventPublisher = request.app.state.publisher
+    values = {
+        "meterline_gateway_events_published_total": publisher.stats.published,
+        "meterline_gateway_events_spooled_total": publisher.stats.spooled,
+        "meterline_gateway_events_replayed_total": publisher.stats.replayed,
+        "meterline_gateway_events_dropped_total": publisher.stats.dropped,
+        "meterline_gateway_publish_failures_total": publisher.stats.send_failures,
+        "meterline_gateway_event_queue_depth": publisher.backlog,
+        "meterline_gateway_spool_bytes": publisher.spool_bytes,
+    }
+    return "".join(f"{name} {value}\n" for name, value in values.items())
 
 
 def _on_http_error(request: Request, exc: HTTPException) -> Response:
@@ -30,9 +50,9 @@ def _on_http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(provider, exc.status_code, str(exc.detail))
 
 
-def create_app(proxy: Proxy, publisher: object) -> Litestar:
+def create_app(proxy: Proxy, publisher: EventPublisher) -> Litestar:
     app = Litestar(
-        route_handlers=[openai_proxy, anthropic_proxy, healthz],
+        route_handlers=[openai_proxy, anthropic_proxy, healthz, metrics],
         exception_handlers={HTTPException: _on_http_error},
         # The proxy enforces its own (configurable) limit while streaming the body in.
         request_max_body_size=None,

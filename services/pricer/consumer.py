@@ -97,6 +97,8 @@ class Pricer:
             auto_offset_reset="earliest",
             max_poll_records=self._settings.batch_max_events,
             fetch_max_wait_ms=100,
+            session_timeout_ms=self._settings.session_timeout_ms,
+            heartbeat_interval_ms=max(self._settings.session_timeout_ms // 3, 300),
         )
         self._consumer.subscribe([self._kafka.raw_topic], listener=_Rebalance(self))
         await self._consumer.start()

@@ -77,7 +77,8 @@ async def produce(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]
 
 def pricer_for(store: ChdbStore, broker: EmbeddedBroker, topic: str, batch: int = 64) -> Pricer:
     settings = load_settings({"METERLINE_BATCH_MAX_EVENTS": str(batch), "METERLINE_BATCH_MAX_WAIT": "0.2",
-                              "METERLINE_DLQ_BREAKER_WINDOW": "50", "METERLINE_PRICER_GROUP": f"g-{topic}"})
+                              "METERLINE_DLQ_BREAKER_WINDOW": "50", "METERLINE_PRICER_GROUP": f"g-{topic}",
+                              "METERLINE_PRICER_SESSION_TIMEOUT_MS": "3000"})
     kafka = KafkaSettings(bootstrap=broker.bootstrap, raw_topic=topic, dlq_topic=f"{topic}.dlq", partitions=3)
     return Pricer(store, kafka, settings.pricer, broker.bootstrap)
 
