@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -33,3 +37,22 @@ async def await_until(
             return last
         await asyncio.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last value: {last!r}")
+
+
+def spawn_meterline(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``meterline ARGS`` in a child process, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def wait_for_banner(log: Path, after: int = 0) -> str:
+    """The start-up output of ``meterline up``/``query`` once its banner is printed (after both
+    servers listen). ``after``: ignore the first bytes of the log (an earlier run's output)."""
+
+    def printed() -> str | None:
+        text = log.read_text()[after:]
+        return text if "Meterline is up." in text else None
+
+    return wait_until(printed, timeout_s=60, what="the start-up banner")

@@ -32,7 +32,8 @@ from services.pricer.decode import Poison, decode
 from services.pricer.dlq import PoisonBreaker
 from services.pricer.pricing import price
 from services.pricer.rows import to_row
-from services.pricer.sink import PartitionBatch, write
+from services.pricer.recovery import read_range
+from services.pricer.sink import PartitionBatch, intents_from, replay, write
 from services.store import Store, StoreError
 
 log = structlog.get_logger(__name__)
@@ -64,7 +65,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._pricer.on_revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._pricer.on_assigned({tp.partition for tp in assigned})
+        await self._pricer.on_assigned({tp.partition for tp in assigned})
 
 
 class Pricer:
@@ -134,8 +135,34 @@ class Pricer:
 
     # -- rebalance ------------------------------------------------------------------------
 
-    def on_assigned(self, partitions: set[int]) -> None:
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Finish what a previous owner may have left half-written, before consuming on."""
         log.info("partitions assigned", partitions=sorted(partitions))
+        assert self._consumer is not None
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                await self._refresh_state()
+                for p in sorted(partitions):
+                    committed = await self._consumer.committed(TopicPartition(self._kafka.raw_topic, p))
+                    await self._replay_intents(p, committed or 0)
+                return
+            except StoreError as exc:
+                log.error("store unavailable while recovering partitions; retrying", error=str(exc)[:500])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _replay_intents(self, partition: int, committed: int) -> None:
+        for intent in await intents_from(self._store, self._kafka.raw_topic, partition, committed):
+            messages = await read_range(self._bootstrap, self._kafka.raw_topic, partition,
+                                        intent.first_offset, intent.last_offset)
+            entries = [(offset, e) for offset, value in messages if not isinstance(e := decode(value), Poison)]
+            registrations: list[Registration] = []
+            rows = self._rows(partition, entries, registrations)
+            await state.register_prompts(self._store, registrations)
+            replayed = await replay(self._store, intent, rows)
+            log.info("replayed a recorded insert", partition=partition, first=intent.first_offset,
+                     last=intent.last_offset, rows=replayed)
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Write what we hold for partitions we are losing, so the next owner need not redo it.
@@ -187,16 +214,22 @@ class Pricer:
         self._registry = await state.load_registry(self._store)
         self._state_loaded_at = time.monotonic()
 
-    def _price_partition(self, partition: int, registrations: list[Registration]) -> PartitionBatch:
-        """Attribute and price one partition's events. Pure apart from the registry's memory."""
+    def _rows(
+        self, partition: int, entries: list[tuple[int, UsageEvent]], registrations: list[Registration]
+    ) -> list[dict[str, Any]]:
+        """Attribute and price events into rows. Pure apart from the registry's memory."""
         rows: list[dict[str, Any]] = []
-        entries = self._pending.events.get(partition, [])
         for offset, event in entries:
             version, registration = attribute(event, self._registry)
             if registration is not None:
                 self._registry.record(registration)
                 registrations.append(registration)
             rows.append(to_row(price(event, self._catalog), version, self._kafka.raw_topic, partition, offset))
+        return rows
+
+    def _price_partition(self, partition: int, registrations: list[Registration]) -> PartitionBatch:
+        entries = self._pending.events.get(partition, [])
+        rows = self._rows(partition, entries, registrations)
         first = entries[0][0] if entries else self._pending.last_offset[partition]
         return PartitionBatch(self._kafka.raw_topic, partition, first, self._pending.last_offset[partition], rows)
 

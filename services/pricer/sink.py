@@ -9,6 +9,12 @@ of another shape. Two mechanisms make the store exactly once:
 - **A retried insert carries the same deduplication token** (topic, partition, offset range and
   a digest of its ids), so when the store did apply an insert whose acknowledgement was lost,
   ClickHouse drops the retry in ``usage_events`` and in every materialized view it feeds.
+- **An insert cut short is replayed whole.** ClickHouse writes a table and its materialized
+  views one after the other, so a pricer killed mid-insert can leave an event in
+  ``usage_events`` but not in every rollup, and the first rule would then skip it for good. So
+  each insert is first recorded in ``ingest_batches`` (offsets, token, ids); the next owner of
+  the partition replays recorded batches from its committed offset on with the same token, and
+  ClickHouse writes exactly what is missing.
 """
 
 from __future__ import annotations
@@ -61,6 +67,16 @@ async def already_stored(store: Store, rows: Sequence[dict[str, Any]]) -> set[st
     return {r["id"] for r in found}
 
 
+@dataclass(frozen=True)
+class Intent:
+    """A recorded insert: what to replay if it may have been cut short."""
+
+    first_offset: int
+    last_offset: int
+    dedup_token: str
+    event_ids: frozenset[str]
+
+
 async def write(store: Store, batch: PartitionBatch) -> int:
     """Insert one partition's new rows; returns how many were inserted. Blocking until the store
     has acknowledged; raises ``StoreError`` otherwise (nothing may then be committed)."""
@@ -68,5 +84,32 @@ async def write(store: Store, batch: PartitionBatch) -> int:
     present = await already_stored(store, unique)
     rows = [r for r in unique if r["event_id"] not in present]
     if rows:
-        await store.insert("usage_events", rows, dedup_token=batch.dedup_token)
+        token = batch.dedup_token
+        await store.insert("ingest_batches", [{
+            "kafka_topic": batch.topic, "kafka_partition": batch.partition, "first_offset": batch.first_offset,
+            "last_offset": batch.last_offset, "dedup_token": token, "event_ids": [r["event_id"] for r in rows],
+        }])
+        await store.insert("usage_events", rows, dedup_token=token)
     return len(rows)
+
+
+async def intents_from(store: Store, topic: str, partition: int, offset: int) -> list[Intent]:
+    """Recorded inserts of a partition at or after ``offset`` (the committed one): the only ones a
+    previous owner can have left unfinished. Oldest first."""
+    rows = await store.select(
+        "SELECT first_offset, last_offset, dedup_token, arrayMap(x -> toString(x), event_ids) AS ids"
+        " FROM ingest_batches FINAL"
+        " WHERE kafka_topic = {topic:String} AND kafka_partition = {p:UInt32} AND first_offset >= {o:UInt64}"
+        " ORDER BY first_offset",
+        {"topic": topic, "p": partition, "o": offset},
+    )
+    return [Intent(int(r["first_offset"]), int(r["last_offset"]), r["dedup_token"], frozenset(r["ids"])) for r in rows]
+
+
+async def replay(store: Store, intent: Intent, rows: Sequence[dict[str, Any]]) -> int:
+    """Re-run a recorded insert: the rows of its offset range that it held, with its token. Where
+    the first run completed this writes nothing; where it was cut short, it writes the rest."""
+    selected = [r for r in rows if r["event_id"] in intent.event_ids]
+    if selected:
+        await store.insert("usage_events", selected, dedup_token=intent.dedup_token)
+    return len(selected)

@@ -17,22 +17,7 @@ import pytest
 from services.common.broker import free_port, wait_for_port
 from tests.e2e.conftest import Org
 from tests.fakes.provider import FakeProvider
-from tests.support import wait_until
-
-
-def _banner(log: Path) -> str:
-    """The start-up output, once the banner (printed after both servers listen) is there."""
-    def printed() -> str | None:
-        text = log.read_text()
-        return text if "Meterline is up." in text else None
-
-    return wait_until(printed, timeout_s=60, what="the start-up banner")
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "services.cli", *args], env={**os.environ, **env},
-                                stdout=out, stderr=subprocess.STDOUT)
+from tests.support import spawn_meterline, wait_for_banner
 
 
 @pytest.fixture
@@ -47,7 +32,7 @@ def lone_gateway(org: Org, fake_provider: FakeProvider, tmp_path: Path) -> Itera
         "METERLINE_OPENAI_BASE_URL": fake_provider.openai_base_url,
         "METERLINE_ANTHROPIC_BASE_URL": f"http://127.0.0.1:{free_port()}",
     }
-    proc = _spawn(["gateway"], env, tmp_path / "gateway.log")
+    proc = spawn_meterline(["gateway"], env, tmp_path / "gateway.log")
     try:
         wait_for_port("127.0.0.1", port, 30, proc)
         yield f"http://127.0.0.1:{port}"
@@ -72,7 +57,7 @@ def test_a_separate_gateway_process_meters_into_the_same_pipeline(org: Org, lone
 def test_migrate_command_is_idempotent(tmp_path: Path) -> None:
     env = {**os.environ, "METERLINE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'db'}"}
     first = subprocess.run([sys.executable, "-m", "services.cli", "migrate"], env=env, capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0 and "applied migrations: [1, 2, 3]" in first.stdout, first.stderr
+    assert first.returncode == 0 and "applied migrations: [1, 2, 3, 4]" in first.stdout, first.stderr
     again = subprocess.run([sys.executable, "-m", "services.cli", "migrate"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "up to date" in again.stdout
 
@@ -88,10 +73,10 @@ def test_up_prints_a_key_once_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     gw, q = free_port(), free_port()
     env = {"METERLINE_GATEWAY_PORT": str(gw), "METERLINE_QUERY_PORT": str(q), "METERLINE_ADMIN_KEY": ""}
     log = tmp_path / "up.log"
-    proc = _spawn(["up", "--data-dir", str(tmp_path / "data")], env, log)
+    proc = spawn_meterline(["up", "--data-dir", str(tmp_path / "data")], env, log)
     try:
         # The banner comes after the servers listen: wait for it, not for the port.
-        out = _banner(log)
+        out = wait_for_banner(log)
         key = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("Admin key"))
         who = httpx.get(f"http://127.0.0.1:{q}/api/auth/whoami", headers={"authorization": f"Bearer {key}"})
         assert who.status_code == 200 and who.json()["role"] == "admin"
@@ -101,9 +86,10 @@ def test_up_prints_a_key_once_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     assert code == 0, log.read_text()
     assert "stopped" in log.read_text()
     # Second start over the same data: no new key is printed.
-    proc = _spawn(["up", "--data-dir", str(tmp_path / "data")], env, log)
+    first_run = len(log.read_text())
+    proc = spawn_meterline(["up", "--data-dir", str(tmp_path / "data")], env, log)
     try:
-        out = _banner(log)
+        out = wait_for_banner(log, after=first_run)
         assert "Admin key" not in out
     finally:
         proc.send_signal(signal.SIGINT)

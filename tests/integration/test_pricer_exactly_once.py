@@ -146,6 +146,34 @@ async def test_crash_between_insert_and_commit_is_not_counted_twice(store: ChdbS
     assert t["prompt_rollup_rows"] == 250
 
 
+async def test_an_insert_cut_short_between_table_and_rollups_is_completed(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    """A pricer killed mid-insert: the rows reached usage_events and one rollup but not the other
+    (ClickHouse writes views one after another). The next owner replays the recorded insert."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    events = make_events(org, 50)
+    ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in events])
+    (partition,) = ends
+    rows = [to_row(price(e, Catalog()), 0, topic, partition, i) for i, e in enumerate(events[:30])]
+    batch = PartitionBatch(topic, partition, 0, 29, rows)
+    # Reproduce the cut: the key rollup's view is missing while the dead pricer's insert runs.
+    await store.execute("DETACH TABLE spend_daily_by_key_mv")
+    try:
+        await write(store, batch)
+    finally:
+        await store.execute("ATTACH TABLE spend_daily_by_key_mv")
+    cut = await totals(store, org)
+    assert cut["raw_rows"] == 30 and cut["key_rollup_rows"] == 0 and cut["prompt_rollup_rows"] == 15
+
+    await run_until_committed(pricer_for(store, broker, topic), ends)
+
+    t = await totals(store, org)
+    cost = expected_total(events)
+    assert t["raw_rows"] == 50 and t["raw_cost"] == cost
+    assert t["key_rollup_rows"] == 50 and t["key_rollup_cost"] == cost
+    assert t["prompt_rollup_rows"] == 25
+
+
 async def test_an_event_published_twice_is_stored_once(store: ChdbStore, broker: EmbeddedBroker) -> None:
     """The gateway replays its spool after a broker outage, or a producer retries: the same
     event_id arrives at two offsets, even in two batches."""
