@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,8 @@ class Pricer:
         self._breaker = PoisonBreaker(settings.dlq_breaker_window, settings.dlq_breaker_ratio)
         self._catalog = Catalog()
         self._registry = PromptRegistry()
-        self._state_loaded_at = 0.0
+        self._state_loaded_at = 0.0  # monotonic
+        self._state_as_of = datetime.min.replace(tzinfo=timezone.utc)  # wall clock when last loaded
         self._stopping = asyncio.Event()
         self._flushing = False
         self._consumer: AIOKafkaConsumer | None = None
@@ -205,14 +207,19 @@ class Pricer:
         left = self._settings.batch_max_wait_s - (time.monotonic() - self._pending.opened_at)
         return max(0, int(left * 1000))
 
-    async def _refresh_state(self) -> None:
-        """Reload price overrides and the prompt registry when older than the refresh interval.
-        Blocking (two or three store reads)."""
-        if time.monotonic() - self._state_loaded_at < self._settings.catalog_refresh_s:
+    async def _refresh_state(self, newest_event: datetime | None = None) -> None:
+        """Reload price overrides and the prompt registry when older than the refresh interval, or
+        when the batch holds events newer than the last load: an activation or override made
+        before such an event must be seen when attributing and pricing it. Blocking (three
+        small store reads)."""
+        stale = time.monotonic() - self._state_loaded_at >= self._settings.catalog_refresh_s
+        if not stale and (newest_event is None or newest_event < self._state_as_of):
             return
+        as_of = datetime.now(timezone.utc)  # before reading: what was written until now is seen
         self._catalog = await state.load_catalog(self._store)
         self._registry = await state.load_registry(self._store)
         self._state_loaded_at = time.monotonic()
+        self._state_as_of = as_of
 
     def _rows(
         self, partition: int, entries: list[tuple[int, UsageEvent]], registrations: list[Registration]
@@ -265,7 +272,8 @@ class Pricer:
 
     async def _flush_pending(self, retry: bool) -> None:
         assert self._consumer is not None
-        await self._with_retry(self._refresh_state, retry)
+        newest = max((e.started_at for entries in self._pending.events.values() for _, e in entries), default=None)
+        await self._with_retry(lambda: self._refresh_state(newest), retry)
         registrations: list[Registration] = []
         batches = [self._price_partition(p, registrations) for p in sorted(self._pending.last_offset)]
         if self._pending.poison:
