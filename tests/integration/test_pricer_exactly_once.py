@@ -4,10 +4,12 @@ raw table and in every rollup, whatever happened to the pricer before."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.events import UsageEvent, encode_event
@@ -24,6 +26,7 @@ from services.store.chdb_store import ChdbStore
 from tests.support import await_until
 
 BASE = datetime(2026, 3, 14, 9, 0, tzinfo=timezone.utc)
+OUTAGE_S = float(os.environ.get("METERLINE_TEST_STORE_OUTAGE_S", "5"))  # 30 for the full fault run
 
 
 def make_events(org: str, n: int) -> list[UsageEvent]:
@@ -243,3 +246,61 @@ async def test_breaker_stops_the_pricer_when_most_events_are_poison(store: ChdbS
         assert pricer.committed == {}  # nothing was committed: the topic was not emptied into the DLQ
     finally:
         await pricer.close()
+
+
+async def test_store_outage_is_waited_out_without_committing(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    """The events table goes away (detached) while events flow: the pricer retries with backoff,
+    commits nothing it has not written, does not die, and catches up when the table is back."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    first, during = make_events(org, 20), make_events(org, 60)
+    pricer = pricer_for(store, broker, topic)
+    ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in first])
+    await pricer.start()
+    task = asyncio.create_task(pricer.run())
+    try:
+        await await_until(lambda: _done(pricer, ends, task), what="first events committed")
+        committed_before = dict(pricer.committed)
+        await store.execute("DETACH TABLE usage_events")
+        try:
+            ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in during])
+            # Outage length is the point of the test: hold it, checking the pricer all along.
+            deadline = asyncio.get_running_loop().time() + OUTAGE_S
+            while asyncio.get_running_loop().time() < deadline:
+                assert not task.done(), "the pricer died during the outage"
+                assert pricer.committed == committed_before, "offsets committed for rows not written"
+                await asyncio.sleep(0.1)
+        finally:
+            await store.execute("ATTACH TABLE usage_events")
+        await await_until(lambda: _done(pricer, ends, task), timeout_s=30, what="catch-up after the outage")
+    finally:
+        pricer.stop()
+        await task
+        await pricer.close()
+    t = await totals(store, org)
+    assert t["raw_rows"] == 80 and t["key_rollup_rows"] == 80 and t["key_rollup_cost"] == expected_total(first + during)
+
+
+async def test_events_with_odd_usage_are_stored_with_a_status(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    base = make_events(org, 4)
+    odd = [
+        msgspec.structs.replace(base[0], input_tokens=-5),
+        msgspec.structs.replace(base[1], input_tokens=10, cache_read_tokens=500),
+        msgspec.structs.replace(base[2], model="no-such-model", model_requested="no-such-model"),
+        msgspec.structs.replace(base[3], output_tokens=10**12),
+    ]
+    minimal = b'{"event_id": "%s", "request_id": "r", "org_id": "%s", "provider": "openai", "route": "chat/completions", "started_at": "2026-03-14T09:00:00Z"}' % (
+        str(uuid.uuid4()).encode(), org.encode())
+    payloads = [(org.encode(), encode_event(e)) for e in odd] + [(org.encode(), minimal)]
+    await run_until_committed(pricer_for(store, broker, topic), await produce(broker.bootstrap, topic, payloads))
+    rows = await store.select(
+        "SELECT pricing_status, count() AS n, sum(total_cost) AS cost FROM usage_events WHERE org_id = {o:String}"
+        " GROUP BY pricing_status ORDER BY pricing_status", {"o": org})
+    # Negative, cache above input, absurd: invalid. Unknown model, and an event naming no model
+    # at all (every optional field missing): unknown. Each stored, at zero cost, for repricing.
+    assert rows == [
+        {"pricing_status": "invalid_usage", "n": 3, "cost": "0"},
+        {"pricing_status": "unknown_model", "n": 2, "cost": "0"},
+    ]
