@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas.events import UsageEvent, encode_event
-from services.gateway.spool import Spool, SpoolFull
+from services.gateway.spool import Spool
 
 log = structlog.get_logger(__name__)
 
@@ -118,17 +118,18 @@ class EventPublisher:
 
     async def _to_spool(self, payloads: list[bytes]) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(self._disk, self._spool.append, payloads)
-        except SpoolFull as exc:
-            self.stats.dropped += len(payloads)
-            log.error("SPOOL FULL: usage events dropped", events=len(payloads), dropped_total=self.stats.dropped, reason=str(exc))
-            return
+            written = await asyncio.get_running_loop().run_in_executor(self._disk, self._spool.append, payloads)
         except OSError as exc:
             self.stats.dropped += len(payloads)
             log.error("spool write failed: usage events dropped", events=len(payloads), error=str(exc))
             return
-        self.stats.spooled += len(payloads)
-        self._spool_has_data = True
+        self.stats.spooled += written
+        if written:
+            self._spool_has_data = True
+        if written < len(payloads):
+            self.stats.dropped += len(payloads) - written
+            log.error("SPOOL FULL: usage events dropped", events=len(payloads) - written,
+                      dropped_total=self.stats.dropped, spool_bytes=self._spool.size_bytes)
 
     async def _drain(self) -> None:
         while True:

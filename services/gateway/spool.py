@@ -23,10 +23,6 @@ _HEADER = struct.Struct(">II")
 SEGMENT_BYTES = 16 * 1024 * 1024
 
 
-class SpoolFull(Exception):
-    """Appending would exceed the spool's byte limit."""
-
-
 class Spool:
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self._dir = directory
@@ -47,14 +43,20 @@ class Spool:
     def is_empty(self) -> bool:
         return not self._segments()
 
-    def append(self, payloads: Iterable[bytes]) -> None:
-        """Append records durably (fsync). Raises ``SpoolFull`` without writing anything when the
-        batch does not fit."""
-        data = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+    def append(self, payloads: Iterable[bytes]) -> int:
+        """Append records durably (fsync), in order, as many as fit under the byte limit; returns
+        how many were written (the rest did not fit)."""
+        records: list[bytes] = []
+        room = self._max_bytes - self._bytes
+        for p in payloads:
+            record = _HEADER.pack(len(p), zlib.crc32(p)) + p
+            if len(record) > room:
+                break
+            records.append(record)
+            room -= len(record)
+        data = b"".join(records)
         if not data:
-            return
-        if self._bytes + len(data) > self._max_bytes:
-            raise SpoolFull(f"spool holds {self._bytes} bytes; limit {self._max_bytes}")
+            return 0
         segments = self._segments()
         target = segments[-1] if segments and segments[-1].stat().st_size < SEGMENT_BYTES else self._new_segment(segments)
         with target.open("ab") as f:
@@ -62,6 +64,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         self._bytes += len(data)
+        return len(records)
 
     def _new_segment(self, segments: list[Path]) -> Path:
         number = int(segments[-1].stem.split("-")[1]) + 1 if segments else 1

@@ -116,3 +116,12 @@ def test_anthropic_sdk_with_x_api_key_style_auth(org: Org) -> None:
     r = chat(org, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
              key=None, route="anthropic/messages", headers={"x-api-key": org.admin_key})
     assert r.status_code == 200, r.text
+
+
+def test_gateway_health_and_metrics(org: Org) -> None:
+    health = httpx.get(f"{org.stack.gateway_url}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["dropped"] == 0 and "spool_bytes" in health
+    metrics = httpx.get(f"{org.stack.gateway_url}/metrics", timeout=10).text
+    lines = dict(line.split(" ") for line in metrics.strip().splitlines())
+    assert int(lines["meterline_gateway_events_published_total"]) > 0
+    assert lines["meterline_gateway_events_dropped_total"] == "0"
