@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from services.common.broker import free_port, wait_for_port
 from tests.e2e.conftest import Org
 from tests.fakes.provider import FakeProvider
-from tests.support import spawn_meterline, wait_for_banner
+from tests.support import spawn_meterline, wait_for_banner, wait_until
 
 
 @pytest.fixture
@@ -94,3 +95,33 @@ def test_up_prints_a_key_once_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def test_sigterm_lets_an_in_flight_stream_finish_and_records_it(org: Org, fake_provider: FakeProvider, tmp_path: Path) -> None:
+    port = free_port()
+    env = {"METERLINE_KAFKA_BOOTSTRAP": org.stack.bootstrap, "METERLINE_QUERY_URL": org.stack.query_url,
+           "METERLINE_GATEWAY_PORT": str(port), "METERLINE_OPENAI_BASE_URL": fake_provider.openai_base_url,
+           "METERLINE_SPOOL_DIR": str(tmp_path / "spool")}
+    proc = spawn_meterline(["gateway"], env, tmp_path / "gateway.log")
+    wait_for_port("127.0.0.1", port, 30, proc)
+    result: dict = {}
+
+    def stream() -> None:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        headers = {"authorization": f"Bearer {org.admin_key}", "x-provider-key": "sk",
+                   "x-fake-delay-ms": "1500", "x-fake-usage": json.dumps({"prompt_tokens": 100, "completion_tokens": 10})}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/api/proxy/v1/openai/chat/completions", json=body,
+                          headers=headers, timeout=30) as r:
+            result["status"] = r.status_code
+            result["body"] = b"".join(r.iter_raw())
+
+    caller = threading.Thread(target=stream)
+    caller.start()
+    wait_until(lambda: any(r.headers.get("x-fake-delay-ms") == "1500" for r in fake_provider.requests),
+               what="the call to reach the provider")
+    proc.send_signal(signal.SIGTERM)  # while the provider is still thinking
+    caller.join(30)
+    assert proc.wait(30) == 0, (tmp_path / "gateway.log").read_text()
+    assert result["status"] == 200 and result["body"].endswith(b"data: [DONE]\n\n")
+    totals = org.wait_for_requests(1)
+    assert str(totals["total_cost"]) == "0.00035"  # 100 × $2.50/M + 10 × $10/M
