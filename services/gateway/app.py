@@ -8,7 +8,8 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 
 from services.gateway.errors import error_response
-from services.gateway.proxy import Proxy
+from services.gateway import records
+from services.gateway.proxy import Proxy, platform_key
 from services.gateway.publisher import EventPublisher
 
 
@@ -20,6 +21,13 @@ async def openai_proxy(request: Request, route: str) -> Response:
 @post("/api/proxy/v1/anthropic/{route:path}", status_code=200)
 async def anthropic_proxy(request: Request, route: str) -> Response:
     return await request.app.state.proxy.handle(request, "anthropic", route)
+
+
+@post("/v1/usage/record", status_code=200)
+async def record_usage(request: Request) -> Response:
+    """Usage that did not go through the proxy, metered like proxied usage."""
+    proxy: Proxy = request.app.state.proxy
+    return await records.handle(request, proxy.auth, request.app.state.publisher, platform_key(request.headers))
 
 
 @get("/healthz", sync_to_thread=False)
@@ -52,7 +60,7 @@ def _on_http_error(request: Request, exc: HTTPException) -> Response:
 
 def create_app(proxy: Proxy, publisher: EventPublisher) -> Litestar:
     app = Litestar(
-        route_handlers=[openai_proxy, anthropic_proxy, healthz, metrics],
+        route_handlers=[openai_proxy, anthropic_proxy, record_usage, healthz, metrics],
         exception_handlers={HTTPException: _on_http_error},
         # The proxy enforces its own (configurable) limit while streaming the body in.
         request_max_body_size=None,

@@ -110,7 +110,7 @@ class Call:
         )
 
 
-def _platform_key(headers: Mapping[str, str]) -> str | None:
+def platform_key(headers: Mapping[str, str]) -> str | None:
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer " and auth[7:].strip():
         return auth[7:].strip()
@@ -129,7 +129,7 @@ def _request_id(headers: httpx.Headers) -> str:
 class Proxy:
     def __init__(self, settings: GatewaySettings, auth: GatewayAuth, publisher: EventPublisher) -> None:
         self._settings = settings
-        self._auth = auth
+        self.auth = auth
         self._publisher = publisher
         self._bases = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url + "/v1"}
         self._client = httpx.AsyncClient(
@@ -192,11 +192,11 @@ class Proxy:
             # The Anthropic SDK appends /v1/messages to its base URL; accept both spellings.
             route = route[3:]
         try:
-            key = _platform_key(request.headers)
+            key = platform_key(request.headers)
             if key is None:
                 raise BadRequest(401, "missing platform key: send Authorization: Bearer <meterline key>")
             try:
-                caller = await self._auth.resolve(key)
+                caller = await self.auth.resolve(key)
             except AuthUnavailable as exc:
                 return error_response(provider, 503, str(exc))
             if caller is None:

@@ -10,40 +10,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from bpe_openai import UnsupportedModelError, encoding_for_model, get_encoding
+
+from services.common import tokens
 
 REPLY = "This is a simulated response from the Meterline sandbox."
 _PIECES = ["This is a simulated", " response from the", " Meterline sandbox."]
 _encode = msgspec.json.encode
 
 
-def _encoding(model: str) -> Any:
-    try:
-        return encoding_for_model(model)
-    except (UnsupportedModelError, KeyError, ValueError):
-        return get_encoding("o200k_base")
-
-
-def _texts(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [t for item in value for t in _texts(item)]
-    if isinstance(value, dict):
-        return [t for key in ("text", "content", "system") if key in value for t in _texts(value[key])]
-    return []
-
-
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """Tokens of the message text plus the per-message overhead of the chat format (about 4)."""
-    enc = _encoding(str(body.get("model", "")))
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
-    texts = _texts(messages) + _texts(body.get("system"))
-    return sum(len(enc.encode(t)) for t in texts) + 4 * len(messages) + 3
+    return tokens.estimate_prompt_tokens(str(body.get("model", "")), body.get("messages"), body.get("system"))
 
 
 def completion_tokens(model: str) -> int:
-    return len(_encoding(model).encode(REPLY))
+    return len(tokens.encoding(model).encode(REPLY))
 
 
 def openai_reply(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:

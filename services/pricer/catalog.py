@@ -135,3 +135,15 @@ class Catalog:
             if rates is not None:
                 return rates
         return None
+
+
+def provider_of(model: str) -> str | None:
+    """Which of the metered providers publishes ``model`` (for usage reported without one)."""
+    snapshot = data_snapshot.get_snapshot()
+    for provider in ("openai", "anthropic"):
+        try:
+            snapshot.find_provider_model(model, None, provider, None)
+        except LookupError:
+            continue
+        return provider
+    return None
