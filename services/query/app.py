@@ -265,9 +265,9 @@ def _on_store(request: Request, exc: StoreError) -> Response:
 
 
 def create_app(store: Store, settings: QuerySettings) -> Litestar:
-    from services.query import billing_routes, spend_routes
+    from services.query import analytics_routes, billing_routes, spend_routes
 
-    route_handlers = [*spend_routes.HANDLERS, *billing_routes.HANDLERS, 
+    route_handlers = [*spend_routes.HANDLERS, *billing_routes.HANDLERS, *analytics_routes.HANDLERS, 
         healthz, whoami, create_org, create_team, list_teams, create_key, list_keys, revoke_key,
         set_price, list_prices, create_prompt, list_prompts, get_prompt, add_version, activate_version,
         monthly, by_prompt, by_team, version_comparison,
