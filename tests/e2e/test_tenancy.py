@@ -13,7 +13,11 @@ from tests.support import wait_until
 
 READS = [
     "/api/teams", "/api/prompts", "/api/prices", "/api/aggregations/monthly", "/api/aggregations/by-prompt",
-    "/api/aggregations/by-team", "/api/aggregations/version-comparison?prompt_key=secret-prompt",
+    "/api/aggregations/by-team", "/spend/logs", "/spend/tags", "/v1/usage", "/api/v1/billing/usage",
+    "/api/v1/billing/usage-analytics", "/api/customers", "/api/customers/secret-customer", "/api/features",
+    "/api/features/by-customer", "/api/aggregations/by-key", "/api/aggregations/by-tag", "/api/aggregations/daily",
+    "/api/export", "/api/export?format=json",
+    "/api/aggregations/version-comparison?prompt_key=secret-prompt",
 ]
 
 
@@ -26,9 +30,13 @@ def populated(org: Org) -> dict:
     org.post("/api/prices", {"provider": "openai", "model": "gpt-4o", "input_per_mtok": "1", "output_per_mtok": "2"})
     r = httpx.post(f"{org.stack.gateway_url}/api/proxy/v1/openai/chat/completions", timeout=30,
                    json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "_meterline": {"prompt_key": "secret-prompt"}},
-                   headers={"authorization": f"Bearer {member['key']}", "x-provider-key": "sk"})
+                   headers={"authorization": f"Bearer {member['key']}", "x-provider-key": "sk",
+                            "x-customer-id": "secret-customer", "x-feature": "secret-feature"})
     assert r.status_code == 200
-    org.wait_for_requests(1)
+    r = httpx.post(f"{org.stack.gateway_url}/v1/usage/record", timeout=30, headers={"authorization": f"Bearer {member['key']}"},
+                   json={"accountId": "secret-customer", "transactionId": "secret-tx", "modelId": "gpt-4o", "inputTokens": 5})
+    assert r.status_code == 200
+    org.wait_for_requests(2)
     return {"team": team, "member": member}
 
 
@@ -38,8 +46,10 @@ def test_another_organisation_sees_nothing(org: Org, populated: dict) -> None:
     for path in READS:
         mine, theirs = q(org.admin_key, "GET", path), q(other, "GET", path)
         assert mine.status_code == theirs.status_code == 200, path
-        body = theirs.text.replace('"prompt_key":"secret-prompt"', "")  # the echoed query parameter
-        for secret in ("a-team", "secret-prompt", populated["team"]["id"], populated["member"]["id"]):
+        # the echoed parameters are not a leak
+        body = theirs.text.replace('"prompt_key":"secret-prompt"', "").replace('"customer_id":"secret-customer"', "")
+        for secret in ("a-team", "secret-prompt", "secret-customer", "secret-feature", "secret-tx",
+                       populated["team"]["id"], populated["member"]["id"]):
             assert secret not in body, (path, secret)
     assert q(other, "GET", "/api/aggregations/monthly").json()["request_count"] == 0
     assert q(other, "GET", READS[-1]).json()["versions"] == [] and q(org.admin_key, "GET", READS[-1]).json()["versions"]
@@ -53,7 +63,8 @@ def test_another_organisation_sees_nothing(org: Org, populated: dict) -> None:
     # ... and A's data is untouched by all of that.
     assert q(populated["member"]["key"], "GET", "/api/teams").status_code == 200
     assert q(org.admin_key, "GET", "/api/prompts/secret-prompt").json()["active_version"] == 1
-    assert q(org.admin_key, "GET", "/api/aggregations/monthly").json()["request_count"] == 1
+    assert q(org.admin_key, "GET", "/api/aggregations/monthly").json()["request_count"] == 2
+    assert "secret-customer" in q(org.admin_key, "GET", "/api/customers").text  # the sweep can see a leak
 
 
 def test_revoked_keys_are_refused_everywhere(org: Org, populated: dict) -> None:
