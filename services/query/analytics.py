@@ -4,6 +4,7 @@ time, its primary key)."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -140,7 +141,5 @@ async def export_rows(store: Store, org_id: str, r: Range, *, model: str, custom
         if len(rows) < batch:
             return
         last = rows[-1]
-        from datetime import datetime, timezone
-
         after_ts = datetime.fromisoformat(last["started_at"]).replace(tzinfo=timezone.utc)
         after_id = last["event_id"]

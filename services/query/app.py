@@ -20,8 +20,10 @@ from litestar.params import Parameter
 
 from services.common.settings import QuerySettings
 from services.query import aggregations as agg
+from services.query import analytics_routes, billing_routes, spend_routes
 from services.query import control
 from services.query.auth import KeyResolver, Principal, principal_of, require_admin
+from services.query.params import parse_instant
 from services.query.responses import MoneyResponse
 from services.store import Store, StoreError
 
@@ -83,18 +85,9 @@ def _store(request: Request) -> Store:
 
 
 def parse_day(value: str | None, name: str) -> date | None:
-    """``YYYY-MM-DD`` or a full ISO 8601 timestamp (its UTC date); 400 naming the parameter."""
-    if value is None or value == "":
-        return None
-    try:
-        if len(value) == 10:
-            return date.fromisoformat(value)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationException(f"{name}: expected a date (YYYY-MM-DD) or an ISO 8601 timestamp, got {value!r}")
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(timezone.utc)
-    return parsed.date()
+    """The UTC day of ``YYYY-MM-DD`` or a full ISO 8601 timestamp; 400 naming the parameter."""
+    instant = parse_instant(value, name)
+    return None if instant is None else instant.date()
 
 
 def window(principal: Principal, start: str | None, end: str | None, provider: str | None, include_sandbox: bool) -> agg.Window:
@@ -265,8 +258,6 @@ def _on_store(request: Request, exc: StoreError) -> Response:
 
 
 def create_app(store: Store, settings: QuerySettings) -> Litestar:
-    from services.query import analytics_routes, billing_routes, spend_routes
-
     route_handlers = [*spend_routes.HANDLERS, *billing_routes.HANDLERS, *analytics_routes.HANDLERS, 
         healthz, whoami, create_org, create_team, list_teams, create_key, list_keys, revoke_key,
         set_price, list_prices, create_prompt, list_prompts, get_prompt, add_version, activate_version,

@@ -3,7 +3,7 @@ call before or after making it."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -20,8 +20,6 @@ LOG_COLUMNS = (
 
 
 def log_object(row: dict[str, Any], keys: dict[str, str], teams: dict[str, str]) -> dict[str, Any]:
-    from datetime import datetime, timezone
-
     start = datetime.fromisoformat(row["started_at"]).replace(tzinfo=timezone.utc)
     end = start + timedelta(milliseconds=float(row["latency_ms"]))
     return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import msgspec
@@ -82,8 +82,6 @@ class CalculateIn(msgspec.Struct, forbid_unknown_fields=False):
 async def spend_calculate(request: Request, principal: Principal, data: CalculateIn) -> dict[str, Any]:
     """The cost of a call: estimated before making it (``model`` + ``messages``: prompt tokens
     counted with the model's BPE encoding), or exact from a response object's usage."""
-    from datetime import datetime, timezone
-
     estimate = data.completion_response is None
     if estimate:
         if not data.model or data.messages is None:
