@@ -1,0 +1,150 @@
+"""Pricer throughput against the raw limit measured in the same run.
+
+Produces N usage events into a fresh topic of a Tansu broker, then measures, over a fresh chDB
+directory with the real migrations:
+  pricer     the real Pricer (decode, attribute, price, dedup check, record, insert, commit)
+  raw limit  a plain consumer that decodes the same messages and inserts the same rows, unpriced,
+             without attribution, dedup checks or insert records, committing after each insert
+events/s is counted from the first message consumed to the last offset committed.
+
+    python bench/pricer.py --quick        # N = 20,000
+    python bench/pricer.py --events 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+
+from schemas.events import UsageEvent, decode_event, encode_event  # noqa: E402
+from services.common.broker import EmbeddedBroker  # noqa: E402
+from services.common.kafka import ensure_topics  # noqa: E402
+from services.common.settings import KafkaSettings, load_settings  # noqa: E402
+from services.pricer.consumer import Pricer  # noqa: E402
+from services.pricer.pricing import Cost, PricedEvent  # noqa: E402
+from services.pricer.rows import to_row  # noqa: E402
+from services.store.chdb_store import ChdbStore  # noqa: E402
+from services.store.migrations import migrate  # noqa: E402
+
+PARTITIONS = 6
+MODELS = [("openai", "gpt-4o-2024-08-06"), ("openai", "gpt-4o-mini-2024-07-18"), ("anthropic", "claude-sonnet-4-5")]
+
+
+def events(n: int) -> list[UsageEvent]:
+    start = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    out = []
+    for i in range(n):
+        provider, model = MODELS[i % len(MODELS)]
+        out.append(UsageEvent(
+            event_id=str(uuid.uuid4()), request_id=f"req-{i}", org_id=f"org-{i % 20}", team_id=f"team-{i % 50}",
+            key_id=f"key-{i % 500}", provider=provider, route="chat/completions", model=model, model_requested=model,
+            started_at=start + timedelta(milliseconds=i * 10), latency_ms=420.0, input_tokens=1_000 + i % 500,
+            output_tokens=200 + i % 100, cache_read_tokens=(i % 4) * 100, prompt_key=f"prompt-{i % 200}" if i % 3 else "",
+            customer_id=f"cust-{i % 1000}", feature="chat" if i % 2 else "search", tags=["env:prod"],
+        ))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, evs: list[UsageEvent]) -> dict[int, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1_048_576)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, key=e.org_id.encode(), value=encode_event(e)) for e in evs]
+        ends: dict[int, int] = {}
+        for md in await asyncio.gather(*futures):
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+        return ends
+    finally:
+        await producer.stop()
+
+
+async def run_pricer(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, int]) -> float:
+    settings = load_settings({"METERLINE_PRICER_GROUP": f"bench-{uuid.uuid4().hex[:6]}"})
+    pricer = Pricer(store, KafkaSettings(bootstrap=bootstrap, raw_topic=topic, dlq_topic=f"{topic}.dlq"), settings.pricer, bootstrap)
+    await pricer.start()
+    task = asyncio.create_task(pricer.run())
+    started = None
+    while not all(pricer.committed.get(p, 0) >= e for p, e in ends.items()):
+        if started is None and (pricer.committed or pricer._pending.count):  # noqa: SLF001 - first consume
+            started = time.perf_counter()
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    pricer.stop()
+    await task
+    await pricer.close()
+    return elapsed
+
+
+async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, int], batch: int = 20_000) -> float:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:6]}",
+                                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=batch)
+    await consumer.start()
+    started = None
+    done: dict[int, int] = {}
+    try:
+        while not all(done.get(p, 0) >= e for p, e in ends.items()):
+            records = await consumer.getmany(timeout_ms=200, max_records=batch)
+            if not records:
+                continue
+            started = started or time.perf_counter()
+            for tp, messages in records.items():
+                rows = [to_row(PricedEvent(decode_event(m.value), Cost(), "priced"), 0, topic, tp.partition, m.offset)
+                        for m in messages]
+                await store.insert("usage_events", rows, dedup_token=f"raw:{tp.partition}:{messages[0].offset}")
+            await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in records.items()})
+            for tp, ms in records.items():
+                done[tp.partition] = ms[-1].offset + 1
+    finally:
+        await consumer.stop()
+    return time.perf_counter() - (started or time.perf_counter())
+
+
+async def main(n: int) -> dict:
+    broker = EmbeddedBroker.start()
+    tmp = tempfile.TemporaryDirectory()
+    store = ChdbStore(Path(tmp.name))  # one chDB directory per process: both runs share it
+    try:
+        await migrate(store)
+        results: dict = {}
+        for name, runner in (("raw_limit", run_raw), ("pricer", run_pricer)):
+            evs = events(n)  # fresh ids: the pricer would rightly skip ids the raw run stored
+            topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+            await ensure_topics(broker.bootstrap, {topic: PARTITIONS, f"{topic}.dlq": 1})
+            t = time.perf_counter()
+            ends = await produce(broker.bootstrap, topic, evs)
+            produce_s = time.perf_counter() - t
+            elapsed = await runner(store, broker.bootstrap, topic, ends)
+            stored = (await store.select("SELECT count() AS n FROM usage_events WHERE kafka_topic = {t:String}", {"t": topic}))[0]["n"]
+            results[name] = {"events": n, "stored": int(stored), "seconds": round(elapsed, 2),
+                             "events_per_s": round(n / elapsed), "produce_s": round(produce_s, 1)}
+        results["pricer_vs_raw_limit"] = round(results["pricer"]["events_per_s"] / results["raw_limit"]["events_per_s"], 3)
+        return results
+    finally:
+        await store.close()
+        tmp.cleanup()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--events", type=int, default=None)
+    args = parser.parse_args()
+    report = asyncio.run(main(args.events or (20_000 if args.quick else 200_000)))
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results" / "pricer.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
