@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from schemas.events import UsageEvent, decode_event, encode_event  # noqa: E402
 from services.common.broker import EmbeddedBroker  # noqa: E402
@@ -113,6 +113,9 @@ async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, 
     return time.perf_counter() - (started or time.perf_counter())
 
 
+RUNS = (("raw_limit", run_raw), ("pricer", run_pricer))
+
+
 async def main(n: int) -> dict:
     broker = EmbeddedBroker.start()
     tmp = tempfile.TemporaryDirectory()
@@ -120,7 +123,7 @@ async def main(n: int) -> dict:
     try:
         await migrate(store)
         results: dict = {}
-        for name, runner in (("raw_limit", run_raw), ("pricer", run_pricer)):
+        for name, runner in RUNS:
             evs = events(n)  # fresh ids: the pricer would rightly skip ids the raw run stored
             topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
             await ensure_topics(broker.bootstrap, {topic: PARTITIONS, f"{topic}.dlq": 1})
@@ -144,6 +147,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--events", type=int, default=None)
     args = parser.parse_args()
+    from services.cli import _tune_gc
+
+    _tune_gc()  # as `meterline pricer` does
     report = asyncio.run(main(args.events or (20_000 if args.quick else 200_000)))
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "pricer.json").write_text(json.dumps(report, indent=2))

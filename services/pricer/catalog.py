@@ -11,13 +11,14 @@ Pure: the overrides are handed in; loading them is the pricer's job (``catalog_l
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from genai_prices import data_snapshot
-from genai_prices.types import TieredPrices
+from genai_prices.types import ModelPrice, TieredPrices
 
 _PER_MTOK = "per_mtok"
 
@@ -32,6 +33,12 @@ class Rates:
     output: Decimal
     model_id: str  # the catalog entry that matched, e.g. "gpt-4o"
     source: str  # "genai-prices" or "override"
+
+    @functools.cached_property
+    def per_token(self) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """(input, cache read, cache write, output) in USD per token: exact, since dividing a
+        decimal by 10**6 only moves its point."""
+        return tuple(p.scaleb(-6) for p in (self.input, self.cache_read, self.cache_write, self.output))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -69,14 +76,32 @@ def _tier_price(price: Decimal | TieredPrices | None, total_input_tokens: int) -
     return applicable
 
 
-def published_rates(provider: str, model: str, at: datetime, total_input_tokens: int) -> Rates | None:
-    """The provider's published prices from genai-prices, or None for a model it does not know."""
+@functools.lru_cache(maxsize=4096)
+def _catalog_entry(provider: str, model: str, minute: datetime) -> tuple[str, ModelPrice, Rates | None] | None:
+    """The catalog entry and its prices in force during one minute, with its rates when they do
+    not depend on the call's size. Cached: a batch prices thousands of calls of a few models
+    within the same minutes (catalog prices change at a date or a time of day, never within a
+    minute)."""
     snapshot = data_snapshot.get_snapshot()
     try:
         _, info = snapshot.find_provider_model(model, None, provider, None)
     except LookupError:
         return None
-    prices = info.get_prices(at)
+    prices = info.get_prices(minute)
+    tiered = any(isinstance(v, TieredPrices) for v in vars(prices).values())
+    return info.id, prices, None if tiered else _rates_from(info.id, prices, 0)
+
+
+def published_rates(provider: str, model: str, at: datetime, total_input_tokens: int) -> Rates | None:
+    """The provider's published prices from genai-prices, or None for a model it does not know."""
+    found = _catalog_entry(provider, model, at.replace(second=0, microsecond=0))
+    if found is None:
+        return None
+    model_id, prices, flat = found
+    return flat if flat is not None else _rates_from(model_id, prices, total_input_tokens)
+
+
+def _rates_from(model_id: str, prices: ModelPrice, total_input_tokens: int) -> Rates | None:
     input_price = _tier_price(prices.input_mtok, total_input_tokens)
     if input_price is None:
         return None  # priced per request, per second, ...: not a token model we can meter
@@ -90,7 +115,7 @@ def published_rates(provider: str, model: str, at: datetime, total_input_tokens:
         cache_read=input_price if cache_read is None else cache_read,
         cache_write=input_price if cache_write is None else cache_write,
         output=output_price,
-        model_id=info.id,
+        model_id=model_id,
         source="genai-prices",
     )
 

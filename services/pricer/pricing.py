@@ -56,8 +56,11 @@ class PricedEvent:
     price_source: str = ""
 
 
-def _part(tokens: int, per_mtok: Decimal) -> Decimal:
-    return _CTX.divide(_CTX.multiply(Decimal(tokens), per_mtok), MILLION).quantize(QUANTUM, context=_CTX)
+def _part(tokens: int, per_token: Decimal) -> Decimal:
+    # The product is exact: at most 1e8 tokens (usage_problem) times a price of a few significant
+    # digits stays far inside the default context's 28 digits. Rounded half-even to the 12
+    # decimals the store keeps.
+    return (per_token * tokens).quantize(QUANTUM, rounding=decimal.ROUND_HALF_EVEN)
 
 
 def usage_problem(event: UsageEvent) -> str | None:
@@ -69,9 +72,9 @@ def usage_problem(event: UsageEvent) -> str | None:
         event.cache_write_tokens,
         event.reasoning_tokens,
     )
-    if any(c < 0 for c in counts):
+    if min(counts) < 0:
         return "negative token count"
-    if any(c > MAX_TOKENS_PER_CALL for c in counts):
+    if max(counts) > MAX_TOKENS_PER_CALL:
         return "token count above the per-call limit"
     if event.cache_read_tokens + event.cache_write_tokens > event.input_tokens:
         return "cache tokens exceed input tokens"
@@ -82,11 +85,12 @@ def usage_problem(event: UsageEvent) -> str | None:
 
 def cost_of(event: UsageEvent, rates: Rates) -> Cost:
     uncached = event.input_tokens - event.cache_read_tokens - event.cache_write_tokens
+    inp, read, write, out = rates.per_token
     return Cost(
-        input=_part(uncached, rates.input),
-        cache_read=_part(event.cache_read_tokens, rates.cache_read),
-        cache_write=_part(event.cache_write_tokens, rates.cache_write),
-        output=_part(event.output_tokens, rates.output),
+        input=_part(uncached, inp),
+        cache_read=_part(event.cache_read_tokens, read),
+        cache_write=_part(event.cache_write_tokens, write),
+        output=_part(event.output_tokens, out),
     )
 
 
