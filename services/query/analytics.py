@@ -87,34 +87,30 @@ async def features(store: Store, w: Window) -> list[dict[str, Any]]:
     return result
 
 
-async def customer_by_feature(store: Store, w: Window) -> list[dict[str, Any]]:
+async def _spend_by(store: Store, w: Window, rollup: str, keys: str, order: str, where: str = "") -> list[dict[str, Any]]:
+    """Cost and calls from one rollup, grouped by ``keys`` (a column list of that rollup)."""
     rows = await store.select(
-        f"SELECT customer_id, feature, sum(total_cost) AS total_cost, sum(request_count) AS calls"
-        f" FROM spend_daily_by_customer WHERE {_FILTER} AND (customer_id != '' OR feature != '')"
-        f" GROUP BY customer_id, feature"
-        f" ORDER BY customer_id, feature", w.params())
+        f"SELECT {keys}, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM {rollup}"
+        f" WHERE {_FILTER}{where} GROUP BY {keys} ORDER BY {order}", w.params())
     return _money_rows(rows)
+
+
+async def customer_by_feature(store: Store, w: Window) -> list[dict[str, Any]]:
+    return await _spend_by(store, w, "spend_daily_by_customer", "customer_id, feature", "customer_id, feature",
+                           " AND (customer_id != '' OR feature != '')")
 
 
 async def by_key(store: Store, w: Window) -> list[dict[str, Any]]:
-    rows = await store.select(
-        f"SELECT key_id, team_id, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_key"
-        f" WHERE {_FILTER} GROUP BY key_id, team_id ORDER BY total_cost DESC, key_id", w.params())
-    return _money_rows(rows)
+    return await _spend_by(store, w, "spend_daily_by_key", "key_id, team_id", "total_cost DESC, key_id")
 
 
 async def by_tag(store: Store, w: Window) -> list[dict[str, Any]]:
-    rows = await store.select(
-        f"SELECT tag, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_tag"
-        f" WHERE {_FILTER} GROUP BY tag ORDER BY total_cost DESC, tag", w.params())
-    return _money_rows(rows)
+    return await _spend_by(store, w, "spend_daily_by_tag", "tag", "total_cost DESC, tag")
 
 
 async def daily(store: Store, w: Window) -> list[dict[str, Any]]:
-    rows = await store.select(
-        f"SELECT day AS date, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_key"
-        f" WHERE {_FILTER} GROUP BY day ORDER BY day", w.params())
-    return _money_rows(rows)
+    rows = await _spend_by(store, w, "spend_daily_by_key", "day", "day")
+    return [{"date": r.pop("day"), **r} for r in rows]
 
 
 async def export_rows(store: Store, org_id: str, r: Range, *, model: str, customer: str, feature: str,
