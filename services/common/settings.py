@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,8 @@ def load_settings(env: Mapping[str, str] | None = None, data_dir: Path | None = 
             read_timeout_s=_float(env, "METERLINE_UPSTREAM_READ_TIMEOUT", 600.0),
             key_cache_ttl_s=_float(env, "METERLINE_KEY_CACHE_TTL", 2.0),
             event_queue_size=_int(env, "METERLINE_EVENT_QUEUE_SIZE", 100_000, 1),
-            spool_dir=Path(env.get("METERLINE_SPOOL_DIR") or data_dir / "spool"),
+            # "{hostname}" keeps replicas that share a volume in directories of their own.
+            spool_dir=Path((env.get("METERLINE_SPOOL_DIR") or str(data_dir / "spool")).replace("{hostname}", socket.gethostname())),
             spool_max_bytes=_int(env, "METERLINE_SPOOL_MAX_BYTES", 1024**3, 1024, 2**50),
             publish_timeout_s=_float(env, "METERLINE_PUBLISH_TIMEOUT", 5.0),
         ),
