@@ -270,3 +270,10 @@ def test_new_id(kind):
     assert len(ids) == 100
     for i in ids:
         assert re.fullmatch(rf"{kind}_[0-9a-f]{{16}}", i)
+
+
+def test_spool_dir_names_the_host_so_replicas_sharing_a_volume_do_not_share_a_directory() -> None:
+    import socket
+
+    settings = load_settings({"METERLINE_SPOOL_DIR": "/var/lib/meterline/spool/{hostname}"})
+    assert str(settings.gateway.spool_dir) == f"/var/lib/meterline/spool/{socket.gethostname()}"
