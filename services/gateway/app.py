@@ -9,7 +9,8 @@ from litestar.exceptions import HTTPException
 
 from services.gateway.errors import error_response
 from services.gateway import records
-from services.gateway.proxy import Proxy, platform_key
+from services.common.credentials import bearer_key
+from services.gateway.proxy import Proxy
 from services.gateway.publisher import EventPublisher
 
 
@@ -27,7 +28,7 @@ async def anthropic_proxy(request: Request, route: str) -> Response:
 async def record_usage(request: Request) -> Response:
     """Usage that did not go through the proxy, metered like proxied usage."""
     proxy: Proxy = request.app.state.proxy
-    return await records.handle(request, proxy.auth, request.app.state.publisher, platform_key(request.headers))
+    return await records.handle(request, proxy.auth, request.app.state.publisher, bearer_key(request.headers))
 
 
 @get("/healthz", sync_to_thread=False)

@@ -9,12 +9,13 @@ working (for up to ``stale_for_s``) so a control-plane blip does not take the pr
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from dataclasses import dataclass
 
 import httpx
 import structlog
+
+from services.common.credentials import hash_key
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,7 @@ class GatewayAuth:
         await self._client.aclose()
 
     async def resolve(self, key: str) -> Caller | None:
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = hash_key(key)
         hit = self._cache.get(digest)
         now = time.monotonic()
         if hit is not None and hit[0] > now:

@@ -29,6 +29,7 @@ from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from schemas.events import CallStatus, UsageEvent
+from services.common.credentials import bearer_key
 from services.common.settings import GatewaySettings
 from services.gateway import sandbox
 from services.gateway.auth import AuthUnavailable, Caller, GatewayAuth
@@ -110,14 +111,6 @@ class Call:
         )
 
 
-def platform_key(headers: Mapping[str, str]) -> str | None:
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return auth[7:].strip()
-    # Older Anthropic SDKs send their api_key as x-api-key.
-    return headers.get("x-api-key", "").strip() or None
-
-
 def _status_of(http_status: int) -> CallStatus:
     return "ok" if http_status < 400 else "upstream_error"
 
@@ -192,7 +185,7 @@ class Proxy:
             # The Anthropic SDK appends /v1/messages to its base URL; accept both spellings.
             route = route[3:]
         try:
-            key = platform_key(request.headers)
+            key = bearer_key(request.headers)
             if key is None:
                 raise BadRequest(401, "missing platform key: send Authorization: Bearer <meterline key>")
             try:

@@ -14,7 +14,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from services.query.keys import hash_key
+from services.common.credentials import bearer_key, hash_key
 from services.store import Store
 
 Role = Literal["admin", "member"]
@@ -26,15 +26,6 @@ class Principal:
     key_id: str
     team_id: str
     role: Role
-
-
-def bearer_key(headers: dict[str, str] | object) -> str | None:
-    """The platform key from ``Authorization: Bearer`` or ``X-API-Key``."""
-    auth = headers.get("authorization", "")  # type: ignore[attr-defined]
-    if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return auth[7:].strip()
-    key = headers.get("x-api-key", "").strip()  # type: ignore[attr-defined]
-    return key or None
 
 
 class KeyResolver:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
+
+from services.common.credentials import hash_key
+
+__all__ = ["KEY_PREFIX", "hash_key", "mask", "new_id", "new_key"]
 
 KEY_PREFIX = "mtl_"
 
 
 def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    # Keys carry 256 bits of entropy, so a plain SHA-256 (no salt, no stretching) cannot be
-    # brute-forced, and it lets the hash itself be the lookup index.
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def mask(prefix: str, last4: str) -> str:
