@@ -7,7 +7,6 @@ import io
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, Response, get
 from litestar.params import Parameter
 from litestar.response import Stream
@@ -15,19 +14,11 @@ from litestar.response import Stream
 from services.query import analytics, control, spend
 from services.query.aggregations import Window
 from services.query.auth import Principal
-from services.query.params import bad, positive_int, time_range
-from services.store import Store
+from services.query.params import bad, day_range, pagination, positive_int, time_range
+from services.query.responses import encode_json, store_of
 
 _Date = Annotated[str | None, Parameter(description="YYYY-MM-DD (whole day, UTC) or ISO 8601")]
 
-
-def _store(request: Request) -> Store:
-    return request.app.state.store
-
-
-def _pagination(page: int, limit: int, total: int) -> dict[str, Any]:
-    pages = (total + limit - 1) // limit
-    return {"page": page, "limit": limit, "totalCount": total, "totalPages": pages, "hasMore": page < pages}
 
 
 @get("/api/customers")
@@ -40,8 +31,8 @@ async def list_customers(request: Request, span: Window, sort: str = "cost", ord
         raise bad("order", "expected asc or desc")
     positive_int(limit, "limit", 1, 1000)
     positive_int(page, "page", 1, 10_000_000)
-    rows, total = await analytics.customers(_store(request), span, sort, order, limit, page)  # type: ignore[arg-type]
-    return {"customers": rows, "pagination": _pagination(page, limit, total)}
+    rows, total = await analytics.customers(store_of(request), span, sort, order, limit, page)  # type: ignore[arg-type]
+    return {"customers": rows, "pagination": pagination(page, limit, total)}
 
 
 @get("/api/customers/{customer_id:str}")
@@ -50,31 +41,31 @@ async def customer_detail(request: Request, principal: Principal, span: Window, 
     """A customer's total cost and calls, most used models, daily trend and its calls (paginated)."""
     positive_int(limit, "limit", 1, 500)
     positive_int(page, "page", 1, 10_000_000)
-    store = _store(request)
+    store = store_of(request)
     detail = await analytics.customer(store, span, customer_id)
-    r = time_range(span.start.isoformat(), span.end.isoformat(), names=("start", "end"))
-    rows, total = await analytics.customer_calls(store, principal.org_id, r, customer_id, limit, page)
+    rows, total = await analytics.customer_calls(store, principal.org_id, day_range(span.start, span.end), customer_id,
+                                                 limit, page)
     keys = {k["id"]: k["masked_key"] for k in await control.list_keys(store, principal.org_id)}
     teams = await control.team_names(store, principal.org_id)
-    detail["calls_page"] = {"data": [spend.log_object(x, keys, teams) for x in rows], "pagination": _pagination(page, limit, total)}
+    detail["calls_page"] = {"data": [spend.log_object(x, keys, teams) for x in rows], "pagination": pagination(page, limit, total)}
     return detail
 
 
 @get("/api/features")
 async def list_features(request: Request, span: Window) -> dict[str, Any]:
     """Per feature (``x-feature``): total cost, calls, average cost per call, daily trend."""
-    return {"features": await analytics.features(_store(request), span)}
+    return {"features": await analytics.features(store_of(request), span)}
 
 
 @get("/api/features/by-customer")
 async def features_by_customer(request: Request, span: Window) -> dict[str, Any]:
     """The customer × feature cross table."""
-    return {"rows": await analytics.customer_by_feature(_store(request), span)}
+    return {"rows": await analytics.customer_by_feature(store_of(request), span)}
 
 
 @get("/api/aggregations/by-key")
 async def by_key(request: Request, principal: Principal, span: Window) -> dict[str, Any]:
-    store = _store(request)
+    store = store_of(request)
     keys = {k["id"]: k for k in await control.list_keys(store, principal.org_id)}
     teams = await control.team_names(store, principal.org_id)
     rows = await analytics.by_key(store, span)
@@ -85,15 +76,14 @@ async def by_key(request: Request, principal: Principal, span: Window) -> dict[s
 
 @get("/api/aggregations/by-tag")
 async def by_tag(request: Request, span: Window) -> dict[str, Any]:
-    return {"tags": await analytics.by_tag(_store(request), span)}
+    return {"tags": await analytics.by_tag(store_of(request), span)}
 
 
 @get("/api/aggregations/daily")
 async def daily(request: Request, span: Window) -> dict[str, Any]:
-    return {"days": await analytics.daily(_store(request), span)}
+    return {"days": await analytics.daily(store_of(request), span)}
 
 
-_encoder = msgspec.json.Encoder(decimal_format="number")
 EXPORT_COLUMNS = ["request_id", "startTime", "endTime", "provider", "model", "call_type", "team_id", "team_name",
                   "key_id", "api_key", "customer_id", "feature", "user", "prompt_key", "prompt_version",
                   "prompt_tokens", "completion_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -107,7 +97,7 @@ async def export(request: Request, principal: Principal, start: _Date = None, en
     """Every call in the window matching the filters, as CSV or JSON lines, streamed."""
     if format not in ("csv", "json"):
         raise bad("format", "expected csv or json")
-    store = _store(request)
+    store = store_of(request)
     r = time_range(start, end, names=("start", "end"))
     keys = {k["id"]: k["masked_key"] for k in await control.list_keys(store, principal.org_id)}
     teams = await control.team_names(store, principal.org_id)
@@ -115,7 +105,7 @@ async def export(request: Request, principal: Principal, start: _Date = None, en
 
     async def as_json() -> AsyncIterator[bytes]:
         async for rows in batches:
-            yield b"".join(_encoder.encode(spend.log_object(x, keys, teams)) + b"\n" for x in rows)
+            yield b"".join(encode_json(spend.log_object(x, keys, teams)) + b"\n" for x in rows)
 
     async def as_csv() -> AsyncIterator[bytes]:
         buf = io.StringIO()

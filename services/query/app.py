@@ -24,7 +24,7 @@ from services.query import analytics_routes, billing_routes, spend_routes
 from services.query import control
 from services.query.auth import KeyResolver, Principal, principal_of, require_admin
 from services.query.params import parse_instant
-from services.query.responses import MoneyResponse
+from services.query.responses import MoneyResponse, store_of
 from services.store import Store, StoreError
 
 log = structlog.get_logger(__name__)
@@ -80,9 +80,6 @@ class PriceOverrideIn(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"{name} must be between 0 and 1000000 USD per million tokens")
 
 
-def _store(request: Request) -> Store:
-    return request.app.state.store
-
 
 def parse_day(value: str | None, name: str) -> date | None:
     """The UTC day of ``YYYY-MM-DD`` or a full ISO 8601 timestamp; 400 naming the parameter."""
@@ -120,7 +117,7 @@ async def whoami(principal: Principal) -> dict[str, str]:
 @post("/api/orgs", guards=[require_admin], status_code=201)
 async def create_org(request: Request, principal: Principal, data: OrgIn) -> dict[str, Any]:
     """Operator only: a new tenant organisation and its first admin key (shown once)."""
-    store = _store(request)
+    store = store_of(request)
     if not await control.is_operator(store, principal.org_id):
         raise PermissionDeniedException("only the operator organisation's admins create organisations")
     org_id, key = await control.create_org(store, data.name)
@@ -129,27 +126,27 @@ async def create_org(request: Request, principal: Principal, data: OrgIn) -> dic
 
 @post("/api/teams", guards=[require_admin], status_code=201)
 async def create_team(request: Request, principal: Principal, data: TeamIn) -> dict[str, Any]:
-    return await control.create_team(_store(request), principal.org_id, data.name)
+    return await control.create_team(store_of(request), principal.org_id, data.name)
 
 
 @get("/api/teams")
 async def list_teams(request: Request, principal: Principal) -> dict[str, Any]:
-    return {"teams": await control.list_teams(_store(request), principal.org_id)}
+    return {"teams": await control.list_teams(store_of(request), principal.org_id)}
 
 
 @post("/api/keys", guards=[require_admin], status_code=201)
 async def create_key(request: Request, principal: Principal, data: KeyIn) -> dict[str, Any]:
-    return await control.create_key(_store(request), principal.org_id, data.name, data.team_id, data.role)
+    return await control.create_key(store_of(request), principal.org_id, data.name, data.team_id, data.role)
 
 
 @get("/api/keys", guards=[require_admin])
 async def list_keys(request: Request, principal: Principal) -> dict[str, Any]:
-    return {"keys": await control.list_keys(_store(request), principal.org_id)}
+    return {"keys": await control.list_keys(store_of(request), principal.org_id)}
 
 
 @delete("/api/keys/{key_id:str}", guards=[require_admin], status_code=200)
 async def revoke_key(request: Request, principal: Principal, key_id: str) -> dict[str, Any]:
-    revoked = await control.revoke_key(_store(request), principal.org_id, key_id)
+    revoked = await control.revoke_key(store_of(request), principal.org_id, key_id)
     request.app.state.key_resolver.forget_key_id(key_id)
     return revoked
 
@@ -157,28 +154,28 @@ async def revoke_key(request: Request, principal: Principal, key_id: str) -> dic
 @post("/api/prompts", guards=[require_admin], status_code=201)
 async def create_prompt(request: Request, principal: Principal, data: PromptIn) -> dict[str, Any]:
     version = {"model": data.model, "temperature": data.temperature, "max_tokens": data.max_tokens}
-    return await control.create_prompt(_store(request), principal.org_id, data.prompt_key, data.description, version)
+    return await control.create_prompt(store_of(request), principal.org_id, data.prompt_key, data.description, version)
 
 
 @get("/api/prompts")
 async def list_prompts(request: Request, principal: Principal) -> dict[str, Any]:
-    return {"prompts": await control.list_prompts(_store(request), principal.org_id)}
+    return {"prompts": await control.list_prompts(store_of(request), principal.org_id)}
 
 
 @get("/api/prompts/{prompt_key:str}")
 async def get_prompt(request: Request, principal: Principal, prompt_key: str) -> dict[str, Any]:
-    return await control.get_prompt(_store(request), principal.org_id, prompt_key)
+    return await control.get_prompt(store_of(request), principal.org_id, prompt_key)
 
 
 @post("/api/prompts/{prompt_key:str}/versions", guards=[require_admin], status_code=201)
 async def add_version(request: Request, principal: Principal, prompt_key: str, data: VersionIn) -> dict[str, Any]:
     version = {"model": data.model, "temperature": data.temperature, "max_tokens": data.max_tokens}
-    return await control.add_version(_store(request), principal.org_id, prompt_key, version, data.activate)
+    return await control.add_version(store_of(request), principal.org_id, prompt_key, version, data.activate)
 
 
 @post("/api/prompts/{prompt_key:str}/versions/{n:int}/activate", guards=[require_admin], status_code=200)
 async def activate_version(request: Request, principal: Principal, prompt_key: str, n: int) -> dict[str, Any]:
-    return await control.activate_version(_store(request), principal.org_id, prompt_key, n)
+    return await control.activate_version(store_of(request), principal.org_id, prompt_key, n)
 
 
 @post("/api/prices", guards=[require_admin], status_code=201)
@@ -188,12 +185,12 @@ async def set_price(request: Request, principal: Principal, data: PriceOverrideI
     if effective.tzinfo is None:
         effective = effective.replace(tzinfo=timezone.utc)
     override = {**msgspec.structs.asdict(data), "effective_from": effective}
-    return await control.set_price_override(_store(request), principal.org_id, override)
+    return await control.set_price_override(store_of(request), principal.org_id, override)
 
 
 @get("/api/prices")
 async def list_prices(request: Request, principal: Principal) -> dict[str, Any]:
-    return {"overrides": await control.list_price_overrides(_store(request), principal.org_id)}
+    return {"overrides": await control.list_price_overrides(store_of(request), principal.org_id)}
 
 
 _Start = Annotated[str | None, Parameter(description="first day, YYYY-MM-DD or ISO 8601 (UTC)")]
@@ -211,17 +208,17 @@ async def span_of(
 
 @get("/api/aggregations/monthly")
 async def monthly(request: Request, span: agg.Window) -> dict[str, Any]:
-    return await agg.monthly(_store(request), span)
+    return await agg.monthly(store_of(request), span)
 
 
 @get("/api/aggregations/by-prompt")
 async def by_prompt(request: Request, span: agg.Window) -> dict[str, Any]:
-    return await agg.by_prompt(_store(request), span)
+    return await agg.by_prompt(store_of(request), span)
 
 
 @get("/api/aggregations/by-team")
 async def by_team(request: Request, span: agg.Window) -> dict[str, Any]:
-    store = _store(request)
+    store = store_of(request)
     return await agg.by_team(store, span, await control.team_names(store, span.org_id))
 
 
@@ -229,7 +226,7 @@ async def by_team(request: Request, span: agg.Window) -> dict[str, Any]:
 async def version_comparison(request: Request, span: agg.Window, prompt_key: str | None = None) -> dict[str, Any]:
     if not prompt_key:
         raise ValidationException("prompt_key: required")
-    return await agg.version_comparison(_store(request), span, prompt_key)
+    return await agg.version_comparison(store_of(request), span, prompt_key)
 
 
 # -- errors --------------------------------------------------------------------------------

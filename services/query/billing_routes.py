@@ -13,9 +13,8 @@ from litestar.response import Stream
 
 from services.query import billing
 from services.query.auth import Principal
-from services.query.params import bad, positive_int, time_range
-from services.query.responses import MoneyResponse
-from services.store import Store
+from services.query.params import bad, pagination, positive_int, time_range
+from services.query.responses import MoneyResponse, store_of
 
 # ISO 4217 codes we recognise. Spend is kept in USD only: another known currency is a valid
 # question with an empty answer, an unknown code is a mistake.
@@ -26,9 +25,6 @@ KNOWN_CURRENCIES = frozenset(
 
 _Date = Annotated[str | None, Parameter(description="YYYY-MM-DD (whole day, UTC) or ISO 8601")]
 
-
-def _store(request: Request) -> Store:
-    return request.app.state.store
 
 
 def _check_currency(currency: str) -> str:
@@ -52,18 +48,16 @@ async def billing_usage(
     code = _check_currency(currency)
     window = time_range(startDate, endDate, names=("startDate", "endDate"))
     if code == "USD":
-        items, total = await billing.page(_store(request), billing.Page(principal.org_id, window, page, limit, sortOrder))  # type: ignore[arg-type]
+        items, total = await billing.page(store_of(request), billing.Page(principal.org_id, window, page, limit, sortOrder))  # type: ignore[arg-type]
     else:
         items, total = [], 0
     if "text/csv" in request.headers.get("accept", ""):
         return Stream(_csv(items), media_type="text/csv; charset=utf-8",
                       headers={"content-disposition": 'attachment; filename="billing-usage.csv"'})
-    pages = (total + limit - 1) // limit
     return MoneyResponse({
         "data": items,
         "currency": code,
-        "pagination": {"page": page, "limit": limit, "totalCount": total, "totalPages": pages,
-                       "hasMore": page < pages, "sortOrder": sortOrder},
+        "pagination": {**pagination(page, limit, total), "sortOrder": sortOrder},
     })
 
 
@@ -87,7 +81,7 @@ async def billing_usage_analytics(
     """The same window aggregated by date, by model and by API key."""
     code = _check_currency(currency)
     window = time_range(startDate, endDate, names=("startDate", "endDate"))
-    result = await billing.analytics(_store(request), principal.org_id, window)
+    result = await billing.analytics(store_of(request), principal.org_id, window)
     if code != "USD":
         result = {**result, "currency": code, "totalCostUsd": 0, "byDate": [], "byModel": [], "byApiKey": []}
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
 
 from litestar.exceptions import ValidationException
 
@@ -58,6 +59,18 @@ def time_range(start: str | None, end: str | None, *, names: tuple[str, str] = (
     if e <= s:
         raise bad(names[1], "must be after the start")
     return Range(s, e)
+
+
+def pagination(page: int, limit: int, total: int) -> dict[str, Any]:
+    """Page information for a paginated answer: ``total`` items, ``limit`` a page."""
+    pages = (total + limit - 1) // limit
+    return {"page": page, "limit": limit, "totalCount": total, "totalPages": pages, "hasMore": page < pages}
+
+
+def day_range(first: date, last: date) -> Range:
+    """Whole UTC days, ``last`` included."""
+    start = datetime.combine(first, time(), tzinfo=timezone.utc)
+    return Range(start, datetime.combine(last, time(), tzinfo=timezone.utc) + timedelta(days=1))
 
 
 def positive_int(value: int, name: str, lo: int, hi: int) -> int:

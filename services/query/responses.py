@@ -10,10 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Response
+from litestar import Request, Response
+
+from services.store import Store
 from litestar.serialization import default_serializer
 
 _encoder = msgspec.json.Encoder(enc_hook=default_serializer, decimal_format="number")
+
+
+def encode_json(content: Any) -> bytes:
+    """JSON with decimals as exact numbers, for bodies written outside a response (streams)."""
+    return _encoder.encode(content)
+
+
+def store_of(request: Request) -> Store:
+    """The store the app was built with."""
+    return request.app.state.store
 
 
 class MoneyResponse(Response):

@@ -19,14 +19,12 @@ from services.query.aggregations import money
 from services.query.auth import Principal
 from services.query.keys import hash_key
 from services.query.params import bad, positive_int, time_range
+from services.query.responses import store_of
 from services.store import Store
 from schemas.events import UsageEvent
 
 _Date = Annotated[str | None, Parameter(description="YYYY-MM-DD (whole day, UTC) or ISO 8601")]
 
-
-def _store(request: Request) -> Store:
-    return request.app.state.store
 
 
 async def _key_id(store: Store, org_id: str, api_key: str | None) -> str | None:
@@ -51,7 +49,7 @@ async def spend_logs(
 ) -> Any:
     """Spend logs. With both dates and ``summarize`` (default): spend per date, with spend per
     model, key and user. Otherwise the individual log objects (newest first)."""
-    store = _store(request)
+    store = store_of(request)
     key_id = await _key_id(store, principal.org_id, api_key)
     dated = bool(start_date and end_date)
     r = time_range(start_date, end_date) if dated else None
@@ -67,7 +65,7 @@ async def spend_logs(
 @get("/spend/tags")
 async def spend_tags(request: Request, principal: Principal, start_date: _Date = None, end_date: _Date = None) -> Any:
     """Spend and request count per tag: feature tags, ``x-feature`` and ``key:value`` tags."""
-    return await spend.tags(_store(request), principal.org_id, time_range(start_date, end_date))
+    return await spend.tags(store_of(request), principal.org_id, time_range(start_date, end_date))
 
 
 class CalculateIn(msgspec.Struct, forbid_unknown_fields=False):
@@ -102,7 +100,7 @@ async def spend_calculate(request: Request, principal: Principal, data: Calculat
     event = UsageEvent(event_id="00000000-0000-0000-0000-000000000000", request_id="", org_id=principal.org_id,
                        provider=provider, route="spend/calculate", model=model, started_at=datetime.now(timezone.utc),
                        input_tokens=usage_in, output_tokens=usage_out, cache_read_tokens=cached, cache_write_tokens=written)
-    priced = price(event, await state.load_catalog(_store(request)))
+    priced = price(event, await state.load_catalog(store_of(request)))
     if priced.status != "priced":
         raise bad("model", f"model {model!r} has no known price" if priced.status == "unknown_model" else priced.status)
     return {
@@ -127,7 +125,7 @@ async def usage_records(
     positive_int(limit, "limit", 1, 10_000)
     if context not in (None, "", "system", "customer"):
         raise bad("context", "expected system or customer")
-    items = await records.records(_store(request), principal.org_id, account_id=accountId, model_id=modelId,
+    items = await records.records(store_of(request), principal.org_id, account_id=accountId, model_id=modelId,
                                   context=context, limit=limit)
     if summary:
         return {"success": True, "summary": records.summary(items)}
