@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from services.common.settings import StoreSettings
-from services.store.base import Store, StoreError, select_as
+from services.store.base import Store, StoreError
 
-__all__ = ["Store", "StoreError", "open_store", "select_as"]
+__all__ = ["Store", "StoreError", "open_store"]
 
 
 def open_store(settings: StoreSettings) -> Store:

@@ -14,12 +14,10 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import msgspec
 from clickhouse_connect.driver.binding import format_bind_value
-
-T = TypeVar("T")
 
 # Settings every read uses, on both drivers: exact decimals, plain numbers for 64-bit integers.
 READ_SETTINGS: dict[str, Any] = {
@@ -35,17 +33,10 @@ INSERT_SETTINGS: dict[str, Any] = {
 }
 
 
-# ClickHouse error codes that describe the statement, not the moment: retrying cannot help
-# (syntax, unknown table or column, type mismatch, bad arguments, ...).
-PERMANENT_ERROR_CODES = frozenset({27, 36, 41, 43, 46, 47, 53, 60, 62, 69, 70, 117, 130, 190, 386, 457})
-
-
 class StoreError(RuntimeError):
-    """The store refused or failed a statement. ``retryable`` says whether trying again can help."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+    """The store refused or failed a statement, with ClickHouse's message. Callers that must not
+    lose data (the pricer) retry every one of them; nothing is skipped on a guess about which
+    errors are permanent."""
 
 
 class Store(Protocol):
@@ -65,12 +56,6 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-async def select_as(store: Store, into: type[T], sql: str, params: Mapping[str, Any] | None = None) -> list[T]:
-    """Rows converted into a msgspec Struct or dataclass, decimals as ``Decimal``."""
-    rows = await store.select(sql, params)
-    return msgspec.convert(rows, list[into], strict=False)
 
 
 def _plain(value: Any) -> Any:

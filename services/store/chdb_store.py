@@ -18,7 +18,6 @@ import msgspec
 
 from services.store.base import (
     INSERT_SETTINGS,
-    PERMANENT_ERROR_CODES,
     READ_SETTINGS,
     StoreError,
     bind_params_as_text,
@@ -27,15 +26,6 @@ from services.store.base import (
 )
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-_CODE = re.compile(r"Code: (\d+)\.")
-
-
-def _classify(exc: Exception) -> StoreError:
-    match = _CODE.search(str(exc))
-    code = int(match.group(1)) if match else None
-    return StoreError(str(exc).strip(), retryable=code not in PERMANENT_ERROR_CODES)
-
-
 class ChdbStore:
     def __init__(self, path: Path) -> None:
         import chdb  # imported here: a server deployment never loads the embedded engine
@@ -57,7 +47,7 @@ class ChdbStore:
         except StoreError:
             raise
         except Exception as exc:  # chDB raises RuntimeError/ChdbError with ClickHouse's message
-            raise _classify(exc) from exc
+            raise StoreError(str(exc).strip()) from exc
 
     def _select_sync(self, sql: str, params: dict[str, str]) -> list[dict[str, Any]]:
         result = self._conn.query(f"{sql}\nSETTINGS {self._read_settings}", "JSONEachRow", params=params)
@@ -83,7 +73,7 @@ class ChdbStore:
         self, table: str, rows: Sequence[Mapping[str, Any]] | bytes, *, dedup_token: str | None = None
     ) -> None:
         if not _TABLE_NAME.match(table):
-            raise StoreError(f"invalid table name {table!r}", retryable=False)
+            raise StoreError(f"invalid table name {table!r}")
         payload = encode_rows(rows)
         if not payload:
             return

@@ -14,16 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from services.store.base import INSERT_SETTINGS, PERMANENT_ERROR_CODES, READ_SETTINGS, StoreError, encode_rows, plain_params
+from services.store.base import INSERT_SETTINGS, READ_SETTINGS, StoreError, encode_rows, plain_params
 
-
-
-def _classify(exc: Exception) -> StoreError:
-    from clickhouse_connect.driver.exceptions import DatabaseError
-
-    code = getattr(exc, "code", None)
-    permanent = isinstance(exc, DatabaseError) and code in PERMANENT_ERROR_CODES
-    return StoreError(str(exc).strip(), retryable=not permanent)
 
 
 class ClickHouseStore:
@@ -49,7 +41,7 @@ class ClickHouseStore:
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except Exception as exc:
-            raise _classify(exc) from exc
+            raise StoreError(str(exc).strip()) from exc
 
     async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         def _go() -> bytes:
