@@ -61,6 +61,17 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def _run(main: Any) -> Any:
+    """Run the service on uvloop where it exists (Linux, macOS): a libuv loop makes the
+    gateway's per-call socket work several times cheaper than asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meterline", description="Self-hosted LLM spend metering.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "up":
-            asyncio.run(runtime.run_embedded(settings, _announce))
+            _run(runtime.run_embedded(settings, _announce))
         elif args.command == "gateway":
-            asyncio.run(runtime.run_gateway(settings))
+            _run(runtime.run_gateway(settings))
         elif args.command == "pricer":
-            asyncio.run(runtime.run_pricer(settings))
+            _run(runtime.run_pricer(settings))
         elif args.command == "query":
-            asyncio.run(runtime.run_query(settings, _announce))
+            _run(runtime.run_query(settings, _announce))
         elif args.command == "migrate":
-            applied = asyncio.run(runtime.run_migrate(settings))
+            applied = _run(runtime.run_migrate(settings))
             print(f"applied migrations: {applied or 'none (up to date)'}")
     except KeyboardInterrupt:
         pass

@@ -43,7 +43,7 @@ class _Server(uvicorn.Server):
 class HttpServer:
     def __init__(self, app: Any, host: str, port: int, name: str) -> None:
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", http="httptools",
             timeout_graceful_shutdown=30, server_header=False,
         )
         self._server = _Server(config)

@@ -1,4 +1,5 @@
-"""The gateway's HTTP surface: the two proxy prefixes and a health check."""
+"""The gateway's HTTP surface: the two proxy prefixes (served straight on ASGI, see ``asgi.py``),
+the usage record API, health and metrics."""
 
 from __future__ import annotations
 
@@ -7,21 +8,12 @@ from dataclasses import asdict
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 
+from services.gateway.asgi import GatewayFront
 from services.gateway.errors import error_response
 from services.gateway import records
 from services.common.credentials import bearer_key
 from services.gateway.proxy import Proxy
 from services.gateway.publisher import EventPublisher
-
-
-@post("/api/proxy/v1/openai/{route:path}", status_code=200)
-async def openai_proxy(request: Request, route: str) -> Response:
-    return await request.app.state.proxy.handle(request, "openai", route)
-
-
-@post("/api/proxy/v1/anthropic/{route:path}", status_code=200)
-async def anthropic_proxy(request: Request, route: str) -> Response:
-    return await request.app.state.proxy.handle(request, "anthropic", route)
 
 
 @post("/v1/usage/record", status_code=200)
@@ -59,15 +51,13 @@ def _on_http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(provider, exc.status_code, str(exc.detail))
 
 
-def create_app(proxy: Proxy, publisher: EventPublisher) -> Litestar:
+def create_app(proxy: Proxy, publisher: EventPublisher) -> GatewayFront:
     app = Litestar(
-        route_handlers=[openai_proxy, anthropic_proxy, record_usage, healthz, metrics],
+        route_handlers=[record_usage, healthz, metrics],
         exception_handlers={HTTPException: _on_http_error},
-        # The proxy enforces its own (configurable) limit while streaming the body in.
-        request_max_body_size=None,
         openapi_config=None,
         debug=False,
     )
     app.state.proxy = proxy
     app.state.publisher = publisher
-    return app
+    return GatewayFront(proxy, app)

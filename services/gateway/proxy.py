@@ -8,35 +8,36 @@ Per call, in order:
    arrives; the usage is read on the side;
 5. after the last byte is handed over, publish one usage event (queue append, non-blocking).
 
-Prompt and response text are only ever in memory here: nothing of it is logged or published.
+It is served straight on ASGI (see ``asgi.py``). Prompt and response text are only ever in
+memory here: nothing of it is logged or published.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import httpx
+import aiohttp
 import msgspec
 import structlog
-from litestar import Request, Response
-from litestar.background_tasks import BackgroundTask
-from litestar.response import Stream
+from yarl import URL
 
 from schemas.events import CallStatus, UsageEvent
 from services.common.credentials import bearer_key
 from services.common.settings import GatewaySettings
 from services.gateway import sandbox
+from services.gateway.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, read_body, request_headers, send_bytes, send_error
 from services.gateway.auth import AuthUnavailable, Caller, GatewayAuth
-from services.gateway.errors import error_response
 from services.gateway.metadata import MetadataError, Tracking, extract
 from services.gateway.publisher import EventPublisher
 from services.gateway.sse import SSESplitter, event_data
+from services.gateway.upstream import UpstreamBroken, UpstreamTimeout, open_session, proxy_for
 from services.gateway.usage import StreamUsage, Usage, usage_from_body
 
 log = structlog.get_logger(__name__)
@@ -50,8 +51,10 @@ _DROP_REQUEST = {
     "te", "trailer", "upgrade", "authorization", "x-api-key", "x-provider-key", "accept-encoding",
     "cookie", "x-customer-id", "x-feature", "x-sandbox", "x-meterline-tags",
 }
-# Response headers the ASGI server sets itself.
-_DROP_RESPONSE = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding", "content-type"}
+# Response headers that describe the upstream connection, not the answer: the ASGI server
+# frames the response to the client itself.
+_DROP_RESPONSE = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
+_SANDBOX_HEADER = (b"x-meterline-sandbox", b"true")
 
 
 class BadRequest(Exception):
@@ -115,8 +118,13 @@ def _status_of(http_status: int) -> CallStatus:
     return "ok" if http_status < 400 else "upstream_error"
 
 
-def _request_id(headers: httpx.Headers) -> str:
+def _request_id(upstream: aiohttp.ClientResponse) -> str:
+    headers = upstream.headers
     return headers.get("x-request-id") or headers.get("request-id") or ""
+
+
+def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    return [(name.lower(), value) for name, value in upstream.raw_headers if name.lower() not in _DROP_RESPONSE]
 
 
 class Proxy:
@@ -125,28 +133,13 @@ class Proxy:
         self.auth = auth
         self._publisher = publisher
         self._bases = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url + "/v1"}
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            follow_redirects=False,
-        )
+        self._proxies = {provider: proxy_for(base) for provider, base in self._bases.items()}
+        self._session = open_session(settings.connect_timeout_s, settings.read_timeout_s)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._session.close()
 
     # -- request side --------------------------------------------------------------------
-
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self._settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BadRequest(413, f"request body larger than {limit} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BadRequest(413, f"request body larger than {limit} bytes")
-        return bytes(body)
 
     @staticmethod
     def _parse(provider: str, route: str, raw: bytes) -> dict[str, Any]:
@@ -165,8 +158,9 @@ class Proxy:
             raise BadRequest(400, "'model' must be a string")
         return body
 
-    def _upstream_headers(self, provider: str, headers: Mapping[str, str], provider_key: str) -> dict[str, str]:
-        out = {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
+    @staticmethod
+    def _upstream_headers(provider: str, headers: dict[str, str], provider_key: str) -> dict[str, str]:
+        out = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}
         out["accept-encoding"] = "identity"  # we read usage from the bytes we pass through
         if provider == "openai":
             out["authorization"] = f"Bearer {provider_key}"
@@ -177,36 +171,44 @@ class Proxy:
 
     # -- entry point -----------------------------------------------------------------------
 
-    async def handle(self, request: Request, provider: str, route: str) -> Response:
+    async def serve(self, scope: Scope, receive: Receive, send: Send, provider: str, route: str) -> None:
         t0 = time.perf_counter()
         started_at = datetime.now(timezone.utc)
         route = route.strip("/")
         if provider == "anthropic" and route.startswith("v1/"):
             # The Anthropic SDK appends /v1/messages to its base URL; accept both spellings.
             route = route[3:]
+        headers = request_headers(scope)
         try:
-            key = bearer_key(request.headers)
+            key = bearer_key(headers)
             if key is None:
                 raise BadRequest(401, "missing platform key: send Authorization: Bearer <meterline key>")
             try:
                 caller = await self.auth.resolve(key)
             except AuthUnavailable as exc:
-                return error_response(provider, 503, str(exc))
+                raise BadRequest(503, str(exc)) from None
             if caller is None:
                 raise BadRequest(401, "unknown or revoked platform key")
-            is_sandbox = request.headers.get("x-sandbox", "").lower() in ("true", "1", "yes")
-            provider_key = request.headers.get("x-provider-key", "").strip()
+            is_sandbox = headers.get("x-sandbox", "").lower() in ("true", "1", "yes")
+            provider_key = headers.get("x-provider-key", "").strip()
             if not provider_key and not is_sandbox:
                 raise BadRequest(401, "missing provider key: send X-Provider-Key: <your provider API key>")
-            raw = await self._read_body(request)
+            limit = self._settings.max_body_bytes
+            try:
+                raw = await read_body(receive, limit, headers.get("content-length"))
+            except BodyTooLarge:
+                raise BadRequest(413, f"request body larger than {limit} bytes") from None
             body = self._parse(provider, route, raw)
             fields_before = len(body)
             try:
-                tracking = extract(body, request.headers)
+                tracking = extract(body, headers)
             except MetadataError as exc:
                 raise BadRequest(400, str(exc)) from None
         except BadRequest as exc:
-            return error_response(provider, exc.status, exc.message)
+            await send_error(send, provider, exc.status, exc.message)
+            return
+        except ClientGone:
+            return  # nothing was forwarded, so nothing was spent
 
         call = Call(provider, route, caller, tracking, started_at, t0, str(body.get("model") or ""))
         call.streamed = body.get("stream") is True
@@ -219,99 +221,113 @@ class Proxy:
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                 hide_usage_chunk = True
         if call.sandbox:
-            return self._sandbox(call, body, include_usage=not hide_usage_chunk)
+            await self._sandbox(send, call, body, include_usage=not hide_usage_chunk)
+            return
         # Re-encode only when something was taken out or added: otherwise the provider gets the
         # caller's exact bytes.
         if len(body) != fields_before or hide_usage_chunk:
             raw = msgspec.json.encode(body)
-        return await self._forward(call, request, raw, provider_key, hide_usage_chunk)
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = URL(f"{self._bases[provider]}/{route}" + (f"?{query}" if query else ""), encoded=True)
+        await self._forward(call, receive, send, url, self._upstream_headers(provider, headers, provider_key), raw,
+                            hide_usage_chunk)
 
     # -- forwarding ------------------------------------------------------------------------
 
-    async def _forward(self, call: Call, request: Request, raw: bytes, provider_key: str, hide_usage: bool) -> Response:
-        url = f"{self._bases[call.provider]}/{call.route}"
-        upstream_request = self._client.build_request(
-            "POST", url, content=raw, headers=self._upstream_headers(call.provider, request.headers, provider_key),
-            params=request.query_params.dict() if request.query_params else None,
-        )
+    async def _forward(self, call: Call, receive: Receive, send: Send, url: URL, headers: dict[str, str], raw: bytes,
+                       hide_usage: bool) -> None:
         try:
-            upstream = await self._client.send(upstream_request, stream=True)
-        except httpx.TimeoutException:
+            upstream = await self._session.request("POST", url, data=raw, headers=headers, allow_redirects=False,
+                                                   proxy=self._proxies[call.provider])
+        except UpstreamTimeout:
             self._publisher.publish(call.event(Usage(), "timeout", 504))
-            return error_response(call.provider, 504, "the provider did not answer in time")
-        except httpx.TransportError as exc:
+            await send_error(send, call.provider, 504, "the provider did not answer in time")
+            return
+        except UpstreamBroken as exc:
             log.warning("provider unreachable", provider=call.provider, error=type(exc).__name__)
             self._publisher.publish(call.event(Usage(), "unreachable", 502))
-            return error_response(call.provider, 502, "the provider could not be reached")
+            await send_error(send, call.provider, 502, "the provider could not be reached")
+            return
 
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
-        media_type = upstream.headers.get("content-type", "application/json")
-        if media_type.startswith("text/event-stream"):
-            return Stream(
-                self._relay(call, upstream, hide_usage),
-                status_code=upstream.status_code,
-                headers=headers,
-                media_type=media_type,
-            )
+        if upstream.content_type == "text/event-stream":
+            await self._stream(call, receive, send, upstream, hide_usage)
+            return
         try:
-            content = await upstream.aread()
-        except httpx.TimeoutException:
+            content = await upstream.read()
+        except UpstreamTimeout:
             self._publisher.publish(call.event(Usage(), "timeout", 504))
-            return error_response(call.provider, 504, "the provider did not finish its answer in time")
-        except httpx.TransportError:
+            await send_error(send, call.provider, 504, "the provider did not finish its answer in time")
+            return
+        except UpstreamBroken:
             self._publisher.publish(call.event(Usage(), "unreachable", 502))
-            return error_response(call.provider, 502, "the provider connection broke mid-answer")
+            await send_error(send, call.provider, 502, "the provider connection broke mid-answer")
+            return
         finally:
-            await upstream.aclose()
-        return Response(
-            content=content,
-            status_code=upstream.status_code,
-            headers=headers,
-            media_type=media_type,
-            background=BackgroundTask(self._record_body, call, content, upstream.status_code, _request_id(upstream.headers)),
-        )
-
-    async def _record_body(self, call: Call, content: bytes, http_status: int, request_id: str) -> None:
-        """Runs after the response has been sent: parse usage and publish."""
+            upstream.release()
+        await send_bytes(send, upstream.status, _response_headers(upstream), content)
+        # The answer is on its way to the client; usage is read and published after it.
         usage = usage_from_body(call.provider, content)
-        usage.request_id = request_id
-        self._publisher.publish(call.event(usage, _status_of(http_status), http_status))
+        usage.request_id = _request_id(upstream)
+        self._publisher.publish(call.event(usage, _status_of(upstream.status), upstream.status))
 
-    async def _relay(self, call: Call, upstream: httpx.Response, hide_usage: bool) -> AsyncIterator[bytes]:
+    async def _stream(self, call: Call, receive: Receive, send: Send, upstream: aiohttp.ClientResponse,
+                      hide_usage: bool) -> None:
+        """Relay the stream, and stop it as soon as the client goes away (the server reports a
+        disconnect on ``receive``), so the upstream generation is not read to the end for no one."""
+        await send({"type": "http.response.start", "status": upstream.status, "headers": _response_headers(upstream)})
+        relay = asyncio.ensure_future(self._relay(call, send, upstream, hide_usage))
+        gone = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not relay.done():
+                relay.cancel()
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+
+    async def _relay(self, call: Call, send: Send, upstream: aiohttp.ClientResponse, hide_usage: bool) -> None:
         """Pass the stream through as it arrives, reading usage on the side. When usage was
         requested on the caller's behalf, events are forwarded whole so the usage-only one can
         be held back; otherwise raw chunks go out untouched."""
         tracker = StreamUsage(call.provider)
         splitter = SSESplitter()
         ttft_ms: float | None = None
-        status: CallStatus = _status_of(upstream.status_code)
+        status: CallStatus = _status_of(upstream.status)
+        finished = False
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 if ttft_ms is None:
                     ttft_ms = round((time.perf_counter() - call.t0) * 1000, 3)
                 if hide_usage:
                     out = b"".join(e for e in splitter.feed(chunk) if not self._observe(tracker, e))
                     if out:
-                        yield out
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
                 else:
-                    yield chunk
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     for e in splitter.feed(chunk):
                         self._observe(tracker, e)
             rest = splitter.rest()
-            if rest and hide_usage:
-                yield rest
-        except httpx.TimeoutException:
+            finished = True
+            await send({"type": "http.response.body", "body": rest if hide_usage else b"", "more_body": False})
+        except UpstreamTimeout:
             status = "timeout"
-        except httpx.TransportError:
+        except UpstreamBroken:
             status = "unreachable"
-        except (GeneratorExit, asyncio.CancelledError):
+        except asyncio.CancelledError:
             status = "client_disconnected"
             raise
         finally:
-            await upstream.aclose()
+            if finished:
+                upstream.release()
+            else:
+                upstream.close()  # a half-read connection cannot be reused
+                if status in ("timeout", "unreachable"):
+                    # End the response cleanly: the client sees the stream stop where it broke.
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
             usage = tracker.usage
-            usage.request_id = _request_id(upstream.headers)
-            self._publisher.publish(call.event(usage, status, upstream.status_code, ttft_ms))
+            usage.request_id = _request_id(upstream)
+            self._publisher.publish(call.event(usage, status, upstream.status, ttft_ms))
 
     @staticmethod
     def _observe(tracker: StreamUsage, event: bytes) -> bool:
@@ -327,21 +343,22 @@ class Proxy:
 
     # -- sandbox ---------------------------------------------------------------------------
 
-    def _sandbox(self, call: Call, body: dict[str, Any], include_usage: bool) -> Response:
+    async def _sandbox(self, send: Send, call: Call, body: dict[str, Any], include_usage: bool) -> None:
+        stream: AsyncIterator[bytes] | None
         if call.provider == "openai":
             reply, prompt, completion = sandbox.openai_reply(body)
-            usage = Usage(input=prompt, output=completion, reported=True, model=reply["model"])
             stream = sandbox.openai_stream(reply, include_usage) if call.streamed else None
         else:
             reply, prompt, completion = sandbox.anthropic_reply(body)
-            usage = Usage(input=prompt, output=completion, reported=True, model=reply["model"])
             stream = sandbox.anthropic_stream(reply) if call.streamed else None
+        usage = Usage(input=prompt, output=completion, reported=True, model=reply["model"])
         usage.request_id = reply["id"]
-        task = BackgroundTask(self._publish_sandbox, call, usage)
-        headers = {"x-meterline-sandbox": "true"}
-        if stream is not None:
-            return Stream(stream, media_type="text/event-stream", headers=headers, background=task)
-        return Response(content=msgspec.json.encode(reply), media_type="application/json", headers=headers, background=task)
-
-    async def _publish_sandbox(self, call: Call, usage: Usage) -> None:
+        if stream is None:
+            await send_bytes(send, 200, [(b"content-type", b"application/json"), _SANDBOX_HEADER], msgspec.json.encode(reply))
+        else:
+            headers = [(b"content-type", b"text/event-stream"), _SANDBOX_HEADER]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async for chunk in stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._publisher.publish(call.event(usage, "ok", 200))
