@@ -5,23 +5,34 @@ directory with the real migrations:
   pricer     the real Pricer (decode, attribute, price, dedup check, record, insert, commit)
   raw limit  a plain consumer that decodes the same messages and inserts the same rows, unpriced,
              without attribution, dedup checks or insert records, committing after each insert
-events/s is counted from the first message consumed to the last offset committed.
+events/s is counted from the first message consumed to the last offset committed. The CPU
+time the process used over that window (its Python thread and chDB's threads) is measured too:
+"per core" is events / max(wall seconds, CPU seconds), so a run that kept more than one core busy
+is not credited with the extra cores.
 
     python bench/pricer.py --quick        # N = 20,000
+    python bench/pricer.py                # N = 200,000
     python bench/pricer.py --events 1000000
+
+Standalone, it prints the table and writes bench/results/pricer.json; bench/run.py imports
+`run(quick)` and `table(results)`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,6 +50,13 @@ from services.store.chdb_store import ChdbStore  # noqa: E402
 from services.store.migrations import migrate  # noqa: E402
 
 PARTITIONS = 6
+EVENTS = {True: 20_000, False: 200_000}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process so far, every thread included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 MODELS = [("openai", "gpt-4o-2024-08-06"), ("openai", "gpt-4o-mini-2024-07-18"), ("anthropic", "claude-sonnet-4-5")]
 
 
@@ -70,37 +88,40 @@ async def produce(bootstrap: str, topic: str, evs: list[UsageEvent]) -> dict[int
         await producer.stop()
 
 
-async def run_pricer(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, int]) -> float:
+async def run_pricer(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, int]) -> tuple[float, float]:
     settings = load_settings({"METERLINE_PRICER_GROUP": f"bench-{uuid.uuid4().hex[:6]}"})
     pricer = Pricer(store, KafkaSettings(bootstrap=bootstrap, raw_topic=topic, dlq_topic=f"{topic}.dlq"), settings.pricer, bootstrap)
     await pricer.start()
     task = asyncio.create_task(pricer.run())
     started = None
+    cpu0 = _cpu_s()
     while not all(pricer.committed.get(p, 0) >= e for p, e in ends.items()):
         if started is None and (pricer.committed or pricer._pending.count):  # noqa: SLF001 - first consume
-            started = time.perf_counter()
+            started, cpu0 = time.perf_counter(), _cpu_s()
         if task.done():
             task.result()
         await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - (started or time.perf_counter())
+    elapsed, cpu = time.perf_counter() - (started or time.perf_counter()), _cpu_s() - cpu0
     pricer.stop()
     await task
     await pricer.close()
-    return elapsed
+    return elapsed, cpu
 
 
-async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, int], batch: int = 20_000) -> float:
+async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, int], batch: int = 20_000) -> tuple[float, float]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:6]}",
                                 enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=batch)
     await consumer.start()
     started = None
+    cpu0 = _cpu_s()
     done: dict[int, int] = {}
     try:
         while not all(done.get(p, 0) >= e for p, e in ends.items()):
             records = await consumer.getmany(timeout_ms=200, max_records=batch)
             if not records:
                 continue
-            started = started or time.perf_counter()
+            if started is None:
+                started, cpu0 = time.perf_counter(), _cpu_s()
             for tp, messages in records.items():
                 rows = [to_row(PricedEvent(decode_event(m.value), Cost(), "priced"), 0, topic, tp.partition, m.offset)
                         for m in messages]
@@ -108,9 +129,10 @@ async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, 
             await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in records.items()})
             for tp, ms in records.items():
                 done[tp.partition] = ms[-1].offset + 1
+        elapsed, cpu = time.perf_counter() - (started or time.perf_counter()), _cpu_s() - cpu0
     finally:
         await consumer.stop()
-    return time.perf_counter() - (started or time.perf_counter())
+    return elapsed, cpu
 
 
 RUNS = (("raw_limit", run_raw), ("pricer", run_pricer))
@@ -130,10 +152,11 @@ async def main(n: int) -> dict:
             t = time.perf_counter()
             ends = await produce(broker.bootstrap, topic, evs)
             produce_s = time.perf_counter() - t
-            elapsed = await runner(store, broker.bootstrap, topic, ends)
+            elapsed, cpu = await runner(store, broker.bootstrap, topic, ends)
             stored = (await store.select("SELECT count() AS n FROM usage_events WHERE kafka_topic = {t:String}", {"t": topic}))[0]["n"]
-            results[name] = {"events": n, "stored": int(stored), "seconds": round(elapsed, 2),
-                             "events_per_s": round(n / elapsed), "produce_s": round(produce_s, 1)}
+            results[name] = {"events": n, "stored": int(stored), "seconds": round(elapsed, 2), "cpu_s": round(cpu, 2),
+                             "cores_busy": round(cpu / elapsed, 2), "events_per_s": round(n / elapsed),
+                             "events_per_s_per_core": round(n / max(elapsed, cpu)), "produce_s": round(produce_s, 1)}
         results["pricer_vs_raw_limit"] = round(results["pricer"]["events_per_s"] / results["raw_limit"]["events_per_s"], 3)
         return results
     finally:
@@ -142,15 +165,48 @@ async def main(n: int) -> dict:
         broker.stop()
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--events", type=int, default=None)
-    args = parser.parse_args()
+def run(quick: bool, events: int | None = None) -> dict[str, Any]:
+    """Both runs over N events (quick: 20,000; else 200,000), with the GC tuned as `meterline pricer` tunes it."""
     from services.cli import _tune_gc
 
+    n = events or EVENTS[quick]
+    threshold = gc.get_threshold()
     _tune_gc()  # as `meterline pricer` does
-    report = asyncio.run(main(args.events or (20_000 if args.quick else 200_000)))
+    try:
+        report = asyncio.run(main(n))
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    return {"quick": quick, "events": n, "partitions": PARTITIONS, "cores": os.cpu_count(), **report}
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"Pricer throughput ({results['events']:,} events, {results['partitions']} partitions, one process)",
+             f"{'run':<10} {'events/s':>9} {'per core':>9} {'cores busy':>10} {'seconds':>8} {'stored':>9}"]
+    for name in ("raw_limit", "pricer"):
+        r = results[name]
+        lines.append(f"{name:<10} {r['events_per_s']:>9,} {r['events_per_s_per_core']:>9,} {r['cores_busy']:>10.2f} "
+                     f"{r['seconds']:>8.2f} {r['stored']:>9,}")
+    lines.append(f"  pricer / raw limit: {results['pricer_vs_raw_limit']:.1%}")
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    per_core = results["pricer"]["events_per_s_per_core"]
+    share = results["pricer_vs_raw_limit"]
+    return [
+        {"name": "pricer >= 50k events/s per core", "target": 50_000, "unit": "events/s", "measured": per_core,
+         "met": per_core >= 50_000},
+        {"name": "pricer >= 70% of the raw limit", "target": 0.7, "unit": "ratio", "measured": share, "met": share >= 0.7},
+    ]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 events")
+    parser.add_argument("--events", type=int, default=None)
+    args = parser.parse_args()
+    report = run(args.quick, args.events)
     (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "results" / "pricer.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    print(table(report))
