@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,18 +43,32 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that sibling worker processes bind too: the kernel spreads new
+    connections across them (SO_REUSEPORT), with no accept lock and no master in the path."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 class HttpServer:
-    def __init__(self, app: Any, host: str, port: int, name: str) -> None:
+    def __init__(self, app: Any, host: str, port: int, name: str, reuse_port: bool = False) -> None:
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", http="httptools",
             timeout_graceful_shutdown=30, server_header=False,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
+        self._sockets = [_shared_socket(host, port)] if reuse_port else None
         self.name = name
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(), name=self.name)
+        self._task = asyncio.create_task(self._server.serve(sockets=self._sockets), name=self.name)
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises the bind error, if any
@@ -90,7 +107,7 @@ class GatewayPart:
         self.auth = GatewayAuth(settings.gateway.query_url, settings.gateway.key_cache_ttl_s)
         self.proxy = Proxy(settings.gateway, self.auth, self.publisher)
         app = create_gateway_app(self.proxy, self.publisher)
-        self.server = HttpServer(app, settings.gateway.host, settings.gateway.port, "gateway")
+        self.server = HttpServer(app, g.host, g.port, "gateway", reuse_port=g.worker_index is not None)
 
     async def start(self) -> None:
         await self.publisher.start()
@@ -175,6 +192,9 @@ def _require_bootstrap(settings: Settings) -> str:
 
 
 async def run_gateway(settings: Settings) -> None:
+    if settings.gateway.workers > 1:
+        await _supervise_gateway_workers(settings)
+        return
     stop = asyncio.Event()
     _stop_on_signals(stop)
     gateway = GatewayPart(settings, _require_bootstrap(settings))
@@ -184,6 +204,44 @@ async def run_gateway(settings: Settings) -> None:
         await _wait(stop)
     finally:
         await gateway.stop()
+
+
+async def _supervise_gateway_workers(settings: Settings) -> None:
+    """Run ``workers`` gateway processes on one port, one per core being the usual choice.
+    Each is a complete gateway with its own spool directory (``worker-<i>``); one that dies is
+    started again under the same index, so it replays what its predecessor spooled. A stop
+    signal is passed on and waited for: each worker drains its calls and events first."""
+    _require_bootstrap(settings)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    workers: dict[int, asyncio.subprocess.Process] = {}
+
+    async def spawn(index: int) -> None:
+        env = {**os.environ, "METERLINE_GATEWAY_WORKERS": "1", "METERLINE_GATEWAY_WORKER_INDEX": str(index)}
+        workers[index] = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "gateway", env=env)
+
+    for index in range(settings.gateway.workers):
+        await spawn(index)
+    log.info("gateway listening", port=settings.gateway.port, workers=settings.gateway.workers)
+    try:
+        while not stop.is_set():
+            exits = {asyncio.ensure_future(p.wait()): i for i, p in workers.items()}
+            stopping = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in [stopping, *exits]:
+                if waiter not in done:
+                    waiter.cancel()
+            for waiter in done:
+                if waiter is not stopping and not stop.is_set():
+                    index = exits[waiter]
+                    log.error("gateway worker exited; starting it again", worker=index, code=waiter.result())
+                    await asyncio.sleep(1.0)  # no tight restart loop when a worker cannot start at all
+                    await spawn(index)
+    finally:
+        for process in workers.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(p.wait() for p in workers.values()))
 
 
 async def run_pricer(settings: Settings) -> None:

@@ -58,6 +58,10 @@ class GatewaySettings:
     spool_dir: Path
     spool_max_bytes: int
     publish_timeout_s: float
+    # `meterline gateway` runs this many processes sharing the port (SO_REUSEPORT).
+    workers: int = 1
+    # Set by the supervisor in each worker: its index, its own spool directory, a shared port.
+    worker_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,13 @@ def load_settings(env: Mapping[str, str] | None = None, data_dir: Path | None = 
     log_level = (env.get("METERLINE_LOG_LEVEL") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"METERLINE_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
+    worker_index = _int(env, "METERLINE_GATEWAY_WORKER_INDEX", -1, 0, 1023) if env.get("METERLINE_GATEWAY_WORKER_INDEX") else None
+    # "{hostname}" keeps replicas that share a volume in directories of their own; a worker of
+    # a multi-process gateway keeps a directory of its own below that, which the worker that
+    # takes its index after a restart replays.
+    spool_dir = Path((env.get("METERLINE_SPOOL_DIR") or str(data_dir / "spool")).replace("{hostname}", socket.gethostname()))
+    if worker_index is not None:
+        spool_dir = spool_dir / f"worker-{worker_index}"
     return Settings(
         kafka=KafkaSettings(
             bootstrap=env.get("METERLINE_KAFKA_BOOTSTRAP") or None,
@@ -163,10 +174,11 @@ def load_settings(env: Mapping[str, str] | None = None, data_dir: Path | None = 
             read_timeout_s=_float(env, "METERLINE_UPSTREAM_READ_TIMEOUT", 600.0),
             key_cache_ttl_s=_float(env, "METERLINE_KEY_CACHE_TTL", 2.0),
             event_queue_size=_int(env, "METERLINE_EVENT_QUEUE_SIZE", 100_000, 1),
-            # "{hostname}" keeps replicas that share a volume in directories of their own.
-            spool_dir=Path((env.get("METERLINE_SPOOL_DIR") or str(data_dir / "spool")).replace("{hostname}", socket.gethostname())),
+            spool_dir=spool_dir,
             spool_max_bytes=_int(env, "METERLINE_SPOOL_MAX_BYTES", 1024**3, 1024, 2**50),
             publish_timeout_s=_float(env, "METERLINE_PUBLISH_TIMEOUT", 5.0),
+            workers=_int(env, "METERLINE_GATEWAY_WORKERS", 1, 1, 256),
+            worker_index=worker_index,
         ),
         pricer=PricerSettings(
             group_id=env.get("METERLINE_PRICER_GROUP", "meterline-pricer"),

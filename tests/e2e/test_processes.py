@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from decimal import Decimal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,61 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_records_it(org: Org, fake_p
     assert result["status"] == 200 and result["body"].endswith(b"data: [DONE]\n\n")
     totals = org.wait_for_requests(1)
     assert str(totals["total_cost"]) == "0.00035"  # 100 × $2.50/M + 10 × $10/M
+
+
+def _children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_a_multi_worker_gateway_shares_its_port_and_restarts_a_dead_worker(org: Org, fake_provider: FakeProvider,
+                                                                          tmp_path: Path) -> None:
+    port = free_port()
+    spool = tmp_path / "spool"
+    env = {"METERLINE_KAFKA_BOOTSTRAP": org.stack.bootstrap, "METERLINE_QUERY_URL": org.stack.query_url,
+           "METERLINE_GATEWAY_PORT": str(port), "METERLINE_OPENAI_BASE_URL": fake_provider.openai_base_url,
+           "METERLINE_SPOOL_DIR": str(spool), "METERLINE_GATEWAY_WORKERS": "2"}
+    proc = spawn_meterline(["gateway"], env, tmp_path / "gateway.log")
+    try:
+        workers = wait_until(lambda: _two_workers(proc.pid), what="two workers")
+        wait_for_port("127.0.0.1", port, 30, proc)
+        # Each worker keeps its own spool directory, so a restarted worker replays only its own.
+        wait_until(lambda: {p.name for p in spool.iterdir()} == {"worker-0", "worker-1"} or None, what="spool dirs")
+        headers = {"authorization": f"Bearer {org.admin_key}", "x-provider-key": "sk",
+                   "x-fake-usage": json.dumps({"prompt_tokens": 100, "completion_tokens": 10})}
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        url = f"http://127.0.0.1:{port}/api/proxy/v1/openai/chat/completions"
+
+        def call() -> None:  # a new connection each time, which either worker may accept
+            r = httpx.post(url, json=body, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+
+        for _ in range(10):
+            call()
+        org.wait_for_requests(10)  # a SIGKILL loses what a worker still holds in memory
+        killed = min(workers)
+        os.kill(killed, signal.SIGKILL)
+        replaced = wait_until(lambda: _two_workers(proc.pid, without=killed), timeout_s=30,
+                              what="the dead worker to be replaced")
+        assert replaced - workers  # a new process under the old index
+        wait_until(lambda: _listening_workers(port) == 2 or None, timeout_s=30, what="the new worker to listen")
+        for _ in range(10):
+            call()
+        totals = org.wait_for_requests(20)
+        assert totals["request_count"] == 20
+        assert Decimal(str(totals["total_cost"])) == Decimal("0.007")  # 20 × (100 × $2.50/M + 10 × $10/M)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "gateway.log").read_text()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in replaced)
+
+
+def _two_workers(pid: int, without: int | None = None) -> set[int] | None:
+    children = _children(pid)
+    return children if len(children) == 2 and without not in children else None
+
+
+def _listening_workers(port: int) -> int:
+    """Sockets listening on ``port`` (one per worker with SO_REUSEPORT), from /proc/net/tcp."""
+    hex_port = f"{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(f":{hex_port}") and line.split()[3] == "0A")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,13 @@ def test_spool_dir_names_the_host_so_replicas_sharing_a_volume_do_not_share_a_di
 
     settings = load_settings({"METERLINE_SPOOL_DIR": "/var/lib/meterline/spool/{hostname}"})
     assert str(settings.gateway.spool_dir) == f"/var/lib/meterline/spool/{socket.gethostname()}"
+
+
+def test_each_gateway_worker_spools_in_a_directory_of_its_own() -> None:
+    env = {"METERLINE_SPOOL_DIR": "/var/lib/meterline/spool/{hostname}", "METERLINE_GATEWAY_WORKERS": "4"}
+    assert load_settings(env).gateway.workers == 4
+    assert load_settings(env).gateway.worker_index is None  # the supervisor itself
+    worker = load_settings({**env, "METERLINE_GATEWAY_WORKER_INDEX": "3"}).gateway
+    assert str(worker.spool_dir) == f"/var/lib/meterline/spool/{socket.gethostname()}/worker-3"
+    with pytest.raises(SettingsError, match="METERLINE_GATEWAY_WORKERS"):
+        load_settings({"METERLINE_GATEWAY_WORKERS": "0"})
