@@ -40,6 +40,12 @@ class Rates:
         decimal by 10**6 only moves its point."""
         return tuple(p.scaleb(-6) for p in (self.input, self.cache_read, self.cache_write, self.output))  # type: ignore[return-value]
 
+    @functools.cached_property
+    def per_token_exact(self) -> bool:
+        """Whether every per-token price has at most the 12 decimals the store keeps, so that a
+        cost (price × a whole number of tokens) needs no rounding."""
+        return all(p.as_tuple().exponent >= -12 for p in self.per_token)  # type: ignore[operator]
+
 
 @dataclass(frozen=True)
 class PriceOverride:
@@ -77,19 +83,21 @@ def _tier_price(price: Decimal | TieredPrices | None, total_input_tokens: int) -
 
 
 @functools.lru_cache(maxsize=4096)
-def _catalog_entry(provider: str, model: str, minute: datetime) -> tuple[str, ModelPrice, Rates | None] | None:
-    """The catalog entry and its prices in force during one minute, with its rates when they do
-    not depend on the call's size. Cached: a batch prices thousands of calls of a few models
-    within the same minutes (catalog prices change at a date or a time of day, never within a
-    minute)."""
+def _catalog_entry(provider: str, model: str, minute: datetime) -> tuple[tuple[int, ...], tuple[Rates | None, ...]] | None:
+    """The rates of a catalog entry in force during one minute: one per size band of a tiered
+    price (the tier thresholds in ``starts``), a single one for a flat price. Cached: a batch
+    prices thousands of calls of a few models within the same minutes (catalog prices change
+    at a date or a time of day, never within a minute), so per call pricing is two lookups."""
     snapshot = data_snapshot.get_snapshot()
     try:
         _, info = snapshot.find_provider_model(model, None, provider, None)
     except LookupError:
         return None
     prices = info.get_prices(minute)
-    tiered = any(isinstance(v, TieredPrices) for v in vars(prices).values())
-    return info.id, prices, None if tiered else _rates_from(info.id, prices, 0)
+    starts = tuple(sorted({t.start for v in vars(prices).values() if isinstance(v, TieredPrices) for t in v.tiers}))
+    # Band i holds calls with more input tokens than starts[i - 1] and no more than starts[i].
+    bands = tuple(_rates_from(info.id, prices, start + 1 if i else 0) for i, start in enumerate((0, *starts)))
+    return starts, bands
 
 
 def published_rates(provider: str, model: str, at: datetime, total_input_tokens: int) -> Rates | None:
@@ -97,8 +105,8 @@ def published_rates(provider: str, model: str, at: datetime, total_input_tokens:
     found = _catalog_entry(provider, model, at.replace(second=0, microsecond=0))
     if found is None:
         return None
-    model_id, prices, flat = found
-    return flat if flat is not None else _rates_from(model_id, prices, total_input_tokens)
+    starts, bands = found
+    return bands[bisect.bisect_left(starts, total_input_tokens)] if starts else bands[0]
 
 
 def _rates_from(model_id: str, prices: ModelPrice, total_input_tokens: int) -> Rates | None:
@@ -136,6 +144,8 @@ class Catalog:
         return cls(index)
 
     def _override(self, org_id: str, provider: str, model: str, at: datetime) -> PriceOverride | None:
+        if not self._overrides:
+            return None  # the common case, and the pricer asks per call
         for org in (org_id, ""):  # the organisation's own price wins over a global one
             entries = self._overrides.get((org, provider, model.lower()))
             if not entries:

@@ -12,9 +12,10 @@ Cost rules (every provider is first normalised by the gateway to the convention 
 from __future__ import annotations
 
 import decimal
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
+
+import msgspec
 
 from schemas.events import UsageEvent
 from services.pricer.catalog import Catalog, Rates
@@ -35,8 +36,9 @@ MAX_TOKENS_PER_CALL = 100_000_000
 _CTX = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 
 
-@dataclass(frozen=True)
-class Cost:
+# Structs, not frozen dataclasses: the pricer builds two per event, and a frozen dataclass's
+# __init__ (one object.__setattr__ per field) cost more than the arithmetic.
+class Cost(msgspec.Struct, frozen=True, gc=False):
     input: Decimal = ZERO
     cache_read: Decimal = ZERO
     cache_write: Decimal = ZERO
@@ -47,8 +49,7 @@ class Cost:
         return self.input + self.cache_read + self.cache_write + self.output
 
 
-@dataclass(frozen=True)
-class PricedEvent:
+class PricedEvent(msgspec.Struct, frozen=True, gc=False):
     event: UsageEvent
     cost: Cost
     status: PricingStatus
@@ -56,11 +57,13 @@ class PricedEvent:
     price_source: str = ""
 
 
-def _part(tokens: int, per_token: Decimal) -> Decimal:
+def _part(tokens: int, per_token: Decimal, exact: bool) -> Decimal:
     # The product is exact: at most 1e8 tokens (usage_problem) times a price of a few significant
     # digits stays far inside the default context's 28 digits. Rounded half-even to the 12
-    # decimals the store keeps.
-    return (per_token * tokens).quantize(QUANTUM, rounding=decimal.ROUND_HALF_EVEN)
+    # decimals the store keeps; a price with at most 12 decimals per token (every published
+    # one) gives a product with at most 12 decimals, which rounding would not change.
+    product = per_token * tokens
+    return product if exact else product.quantize(QUANTUM, rounding=decimal.ROUND_HALF_EVEN)
 
 
 def usage_problem(event: UsageEvent) -> str | None:
@@ -85,12 +88,12 @@ def usage_problem(event: UsageEvent) -> str | None:
 
 def cost_of(event: UsageEvent, rates: Rates) -> Cost:
     uncached = event.input_tokens - event.cache_read_tokens - event.cache_write_tokens
-    inp, read, write, out = rates.per_token
+    (inp, read, write, out), exact = rates.per_token, rates.per_token_exact
     return Cost(
-        input=_part(uncached, inp),
-        cache_read=_part(event.cache_read_tokens, read),
-        cache_write=_part(event.cache_write_tokens, write),
-        output=_part(event.output_tokens, out),
+        _part(uncached, inp, exact),
+        _part(event.cache_read_tokens, read, exact),
+        _part(event.cache_write_tokens, write, exact),
+        _part(event.output_tokens, out, exact),
     )
 
 
