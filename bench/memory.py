@@ -177,17 +177,6 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    n = results["target_requests"]
-    rss, growth = results["gateway"]["rss_after_target_mb"], results["gateway"]["growth_pct"]
-    return [
-        {"name": f"gateway RSS <= 200 MB after {n:,} requests (1M in the full run)", "target": 200, "unit": "MB",
-         "measured": rss, "met": rss is not None and rss <= 200},
-        {"name": f"gateway RSS growth < 5% over {results['growth_window_s']:.0f} s (10 min in the full run)", "target": 5,
-         "unit": "%", "measured": growth, "met": growth < 5},
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=">= 5,000 requests and >= 20 s")

@@ -191,16 +191,6 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    per_core = results["pricer"]["events_per_s_per_core"]
-    share = results["pricer_vs_raw_limit"]
-    return [
-        {"name": "pricer >= 50k events/s per core", "target": 50_000, "unit": "events/s", "measured": per_core,
-         "met": per_core >= 50_000},
-        {"name": "pricer >= 70% of the raw limit", "target": 0.7, "unit": "ratio", "measured": share, "met": share >= 0.7},
-    ]
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 events")
