@@ -26,7 +26,7 @@ bench_run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_run)
 BENCHMARKS, TARGETS = bench_run.BENCHMARKS, bench_run.TARGETS
 
-TIMEOUT_S = 480
+TIMEOUT_S = 540
 
 
 def _missing_tools() -> list[str]:
