@@ -52,8 +52,9 @@ _DROP_REQUEST = {
     "cookie", "x-customer-id", "x-feature", "x-sandbox", "x-meterline-tags",
 }
 # Response headers that describe the upstream connection, not the answer: the ASGI server
-# frames the response to the client itself.
-_DROP_RESPONSE = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
+# frames the response to the client itself, and dates it (a second Date header would be a
+# duplicate).
+_DROP_RESPONSE = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date"}
 _SANDBOX_HEADER = (b"x-meterline-sandbox", b"true")
 
 

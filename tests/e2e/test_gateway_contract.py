@@ -124,3 +124,13 @@ def test_gateway_health_and_metrics(org: Org) -> None:
     lines = dict(line.split(" ") for line in metrics.strip().splitlines())
     assert int(lines["meterline_gateway_events_published_total"]) > 0
     assert lines["meterline_gateway_events_dropped_total"] == "0"
+
+
+def test_the_providers_headers_pass_through_and_the_response_is_dated_once(org: Org) -> None:
+    r = chat(org, BODY)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.headers.get("x-request-id", "").startswith("req_")  # the provider's, for support tickets
+    assert len(r.headers.get_list("date")) == 1
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert r.json()["usage"]["prompt_tokens"] > 0
