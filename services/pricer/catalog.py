@@ -100,9 +100,21 @@ def _catalog_entry(provider: str, model: str, minute: datetime) -> tuple[tuple[i
     return starts, bands
 
 
+# (provider, model, minute since the epoch) -> _catalog_entry(...): the per-call lookup. Keyed by
+# an integer rather than a datetime (hashing an aware datetime asks its tzinfo for the offset),
+# and bounded like the lru_cache behind it.
+_entries: dict[tuple[str, str, int], tuple[tuple[int, ...], tuple[Rates | None, ...]] | None] = {}
+_MISSING = object()
+
+
 def published_rates(provider: str, model: str, at: datetime, total_input_tokens: int) -> Rates | None:
     """The provider's published prices from genai-prices, or None for a model it does not know."""
-    found = _catalog_entry(provider, model, at.replace(second=0, microsecond=0))
+    key = (provider, model, int(at.timestamp()) // 60)
+    found = _entries.get(key, _MISSING)
+    if found is _MISSING:
+        if len(_entries) >= 4096:
+            _entries.clear()
+        found = _entries[key] = _catalog_entry(provider, model, at.replace(second=0, microsecond=0))
     if found is None:
         return None
     starts, bands = found

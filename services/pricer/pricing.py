@@ -103,7 +103,8 @@ def price(event: UsageEvent, catalog: Catalog) -> PricedEvent:
     if not event.usage_reported and event.input_tokens == 0 and event.output_tokens == 0:
         return PricedEvent(event, Cost(), "no_usage")
     # The returned model is the snapshot actually served; fall back to what was asked for.
-    models = list(dict.fromkeys(m for m in (event.model, event.model_requested) if m))
+    served, asked = event.model, event.model_requested
+    models = (served, asked) if served and asked and served != asked else ((served or asked,) if served or asked else ())
     rates = catalog.rates(event.org_id, event.provider, models, event.started_at, event.input_tokens)
     if rates is None:
         return PricedEvent(event, Cost(), "unknown_model")
