@@ -134,3 +134,19 @@ def test_the_providers_headers_pass_through_and_the_response_is_dated_once(org: 
     assert len(r.headers.get_list("date")) == 1
     assert int(r.headers["content-length"]) == len(r.content)
     assert r.json()["usage"]["prompt_tokens"] > 0
+
+
+def test_a_client_leaving_mid_stream_stops_the_relay_and_is_recorded(org: Org, fake_provider: FakeProvider) -> None:
+    """The gateway notices the disconnect while the provider is still generating, stops reading
+    the stream, and records the call as client_disconnected (not as a complete, ok call)."""
+    headers = {"authorization": f"Bearer {org.admin_key}", "x-provider-key": "sk-up", "x-fake-chunk-gap-ms": "400"}
+    body = {**BODY, "stream": True}
+    with httpx.stream("POST", f"{org.stack.gateway_url}/api/proxy/v1/openai/chat/completions", json=body,
+                      headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        first = next(r.iter_raw())
+        assert first.startswith(b"data: ")
+    # Leaving the block closed the connection after the first chunk, seconds before the last.
+    org.wait_for_requests(1)
+    [log] = org.get("/spend/logs", summarize="false")
+    assert log["status"] == "client_disconnected" and log["http_status"] == 200

@@ -13,6 +13,7 @@ per call (``extra_headers=...``):
 * ``x-fake-usage``: JSON object overriding the reported token counts.
 * ``x-fake-status``: a 4xx/5xx status to fail with, in the provider's error shape.
 * ``x-fake-delay-ms``: milliseconds to wait before answering.
+* ``x-fake-chunk-gap-ms``: milliseconds between the frames of a stream (a slow generation).
 
 Usage::
 
@@ -667,13 +668,18 @@ def _anthropic_sse(events: list[dict[str, Any]]) -> list[bytes]:
     return [f"event: {e['type']}\ndata: {json.dumps(e, separators=(',', ':'))}\n\n".encode() for e in events]
 
 
-def _sse_response(dialect: Dialect, frames: list[bytes]) -> Stream:
+def _chunk_gap_s(request: Request[Any, Any, Any]) -> float:
+    raw = request.headers.get("x-fake-chunk-gap-ms")
+    return int(raw) / 1000 if raw and raw.isdigit() else _STREAM_WRITE_GAP_S
+
+
+def _sse_response(dialect: Dialect, frames: list[bytes], gap_s: float = _STREAM_WRITE_GAP_S) -> Stream:
     """Stream frames as separate writes, so clients see real chunk boundaries."""
 
     async def paced() -> AsyncIterator[bytes]:
         for i, frame in enumerate(frames):
             if i:
-                await asyncio.sleep(_STREAM_WRITE_GAP_S)
+                await asyncio.sleep(gap_s)
             yield frame
 
     return Stream(
@@ -701,7 +707,7 @@ async def _chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
         return _json_response("openai", _openai_chat_completion(body["model"], usage))
     stream_options = body.get("stream_options") or {}
     include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-    return _sse_response("openai", _openai_sse(_openai_chunks(body["model"], usage, include_usage)))
+    return _sse_response("openai", _openai_sse(_openai_chunks(body["model"], usage, include_usage)), _chunk_gap_s(request))
 
 
 @post("/v1/embeddings", status_code=200)
@@ -727,7 +733,7 @@ async def _messages(request: Request[Any, Any, Any]) -> Response[Any]:
     usage = _usage_overrides(request, _ANTHROPIC_USAGE)
     if not body.get("stream"):
         return _json_response("anthropic", _anthropic_message(body["model"], usage))
-    return _sse_response("anthropic", _anthropic_sse(_anthropic_events(body["model"], usage)))
+    return _sse_response("anthropic", _anthropic_sse(_anthropic_events(body["model"], usage)), _chunk_gap_s(request))
 
 
 def _build_app(settings: _Settings, log: _RequestLog) -> ASGIApp:
