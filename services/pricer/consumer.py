@@ -32,7 +32,7 @@ from services.pricer.catalog import Catalog
 from services.pricer.decode import Poison, decode
 from services.pricer.dlq import PoisonBreaker
 from services.pricer.pricing import price
-from services.pricer.rows import to_row
+from services.pricer.rows import UsageRow, to_row
 from services.pricer.recovery import read_range
 from services.pricer.sink import PartitionBatch, intents_from, replay, write
 from services.store import Store, StoreError
@@ -223,9 +223,9 @@ class Pricer:
 
     def _rows(
         self, partition: int, entries: list[tuple[int, UsageEvent]], registrations: list[Registration]
-    ) -> list[dict[str, Any]]:
+    ) -> list[UsageRow]:
         """Attribute and price events into rows. Pure apart from the registry's memory."""
-        rows: list[dict[str, Any]] = []
+        rows: list[UsageRow] = []
         for offset, event in entries:
             version, registration = attribute(event, self._registry)
             if registration is not None:

@@ -1,54 +1,105 @@
-"""From a priced, attributed event to the ``usage_events`` row. Pure."""
+"""From a priced, attributed event to the ``usage_events`` row. Pure.
+
+A row is a Struct, not a dict: the pricer builds one per event, and a 45-key dict plus its JSON
+encoding cost twice what the Struct does (field names are encoded once per type, not per row).
+Encoded, it is a JSONEachRow line with the table's column names.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
 
 from services.pricer.pricing import PricedEvent
 
 
-def to_row(priced: PricedEvent, prompt_version: int, topic: str, partition: int, offset: int) -> dict[str, Any]:
+class UsageRow(msgspec.Struct, gc=False):
+    event_id: str
+    request_id: str
+    org_id: str
+    team_id: str
+    key_id: str
+    provider: str
+    route: str
+    model_requested: str
+    model: str
+    priced_model: str
+    started_at: datetime
+    latency_ms: float
+    ttft_ms: float | None
+    status: str
+    http_status: int
+    streamed: bool
+    sandbox: bool
+    usage_reported: bool
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    input_cost: Decimal
+    cache_read_cost: Decimal
+    cache_write_cost: Decimal
+    output_cost: Decimal
+    total_cost: Decimal
+    pricing_status: str
+    price_source: str
+    prompt_key: str
+    prompt_version: int
+    feature_tags: list[str]
+    tags: list[str]
+    customer_id: str
+    feature: str
+    user_id: str
+    kafka_topic: str
+    kafka_partition: int
+    kafka_offset: int
+
+
+def to_row(priced: PricedEvent, prompt_version: int, topic: str, partition: int, offset: int) -> UsageRow:
     e, c = priced.event, priced.cost
-    return {
-        "event_id": e.event_id,
-        "request_id": e.request_id,
-        "org_id": e.org_id,
-        "team_id": e.team_id,
-        "key_id": e.key_id,
-        "provider": e.provider,
-        "route": e.route,
-        "model_requested": e.model_requested,
-        "model": e.model or e.model_requested,
-        "priced_model": priced.priced_model,
-        "started_at": e.started_at,
-        "latency_ms": e.latency_ms,
-        "ttft_ms": e.ttft_ms,
-        "status": e.status,
-        "http_status": e.http_status,
-        "streamed": e.streamed,
-        "sandbox": e.sandbox,
-        "usage_reported": e.usage_reported,
+    return UsageRow(
+        e.event_id,
+        e.request_id,
+        e.org_id,
+        e.team_id,
+        e.key_id,
+        e.provider,
+        e.route,
+        e.model_requested,
+        e.model or e.model_requested,
+        priced.priced_model,
+        e.started_at,
+        e.latency_ms,
+        e.ttft_ms,
+        e.status,
+        e.http_status,
+        e.streamed,
+        e.sandbox,
+        e.usage_reported,
         # invalid counts are stored as reported where they fit, zero where they do not
-        "input_tokens": max(e.input_tokens, 0),
-        "output_tokens": max(e.output_tokens, 0),
-        "cache_read_tokens": max(e.cache_read_tokens, 0),
-        "cache_write_tokens": max(e.cache_write_tokens, 0),
-        "reasoning_tokens": max(e.reasoning_tokens, 0),
-        "input_cost": c.input,
-        "cache_read_cost": c.cache_read,
-        "cache_write_cost": c.cache_write,
-        "output_cost": c.output,
-        "total_cost": c.total,
-        "pricing_status": priced.status,
-        "price_source": priced.price_source,
-        "prompt_key": e.prompt_key,
-        "prompt_version": prompt_version,
-        "feature_tags": e.feature_tags,
-        "tags": e.tags,
-        "customer_id": e.customer_id,
-        "feature": e.feature,
-        "user_id": e.user,
-        "kafka_topic": topic,
-        "kafka_partition": partition,
-        "kafka_offset": offset,
-    }
+        max(e.input_tokens, 0),
+        max(e.output_tokens, 0),
+        max(e.cache_read_tokens, 0),
+        max(e.cache_write_tokens, 0),
+        max(e.reasoning_tokens, 0),
+        c.input,
+        c.cache_read,
+        c.cache_write,
+        c.output,
+        c.total,
+        priced.status,
+        priced.price_source,
+        e.prompt_key,
+        prompt_version,
+        e.feature_tags,
+        e.tags,
+        e.customer_id,
+        e.feature,
+        e.user,
+        topic,
+        partition,
+        offset,
+    )

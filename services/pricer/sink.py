@@ -23,8 +23,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+
+from services.pricer.rows import UsageRow
 from services.store import Store
 
 
@@ -34,7 +35,7 @@ class PartitionBatch:
     partition: int
     first_offset: int
     last_offset: int
-    rows: list[dict[str, Any]]
+    rows: list[UsageRow]
 
     @property
     def dedup_token(self) -> str:
@@ -42,26 +43,26 @@ class PartitionBatch:
         # offsets start again from zero (the embedded broker keeps topics in memory only).
         digest = hashlib.blake2b(digest_size=8)
         for row in self.rows:
-            digest.update(row["event_id"].encode())
+            digest.update(row.event_id.encode())
         return f"{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}:{digest.hexdigest()}"
 
 
-async def already_stored(store: Store, rows: Sequence[dict[str, Any]]) -> set[str]:
+async def already_stored(store: Store, rows: Sequence[UsageRow]) -> set[str]:
     """Event ids among ``rows`` that the store holds already. Bounded by the batch's organisations
     and time range so it reads a few granules, not the table."""
     if not rows:
         return set()
-    started: list[datetime] = [r["started_at"] for r in rows]
+    started: list[datetime] = [r.started_at for r in rows]
     found = await store.select(
         "SELECT toString(event_id) AS id FROM usage_events"
         " WHERE org_id IN {orgs:Array(String)}"
         " AND started_at BETWEEN {lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')}"
         " AND event_id IN {ids:Array(UUID)}",
         {
-            "orgs": sorted({r["org_id"] for r in rows}),
+            "orgs": sorted({r.org_id for r in rows}),
             "lo": min(started),
             "hi": max(started),
-            "ids": [r["event_id"] for r in rows],
+            "ids": [r.event_id for r in rows],
         },
     )
     return {r["id"] for r in found}
@@ -80,14 +81,14 @@ class Intent:
 async def write(store: Store, batch: PartitionBatch) -> int:
     """Insert one partition's new rows; returns how many were inserted. Blocking until the store
     has acknowledged; raises ``StoreError`` otherwise (nothing may then be committed)."""
-    unique = list({r["event_id"]: r for r in reversed(batch.rows)}.values())[::-1]  # first copy wins
+    unique = list({r.event_id: r for r in reversed(batch.rows)}.values())[::-1]  # first copy wins
     present = await already_stored(store, unique)
-    rows = [r for r in unique if r["event_id"] not in present]
+    rows = [r for r in unique if r.event_id not in present]
     if rows:
         token = batch.dedup_token
         await store.insert("ingest_batches", [{
             "kafka_topic": batch.topic, "kafka_partition": batch.partition, "first_offset": batch.first_offset,
-            "last_offset": batch.last_offset, "dedup_token": token, "event_ids": [r["event_id"] for r in rows],
+            "last_offset": batch.last_offset, "dedup_token": token, "event_ids": [r.event_id for r in rows],
         }])
         await store.insert("usage_events", rows, dedup_token=token)
     return len(rows)
@@ -106,10 +107,10 @@ async def intents_from(store: Store, topic: str, partition: int, offset: int) ->
     return [Intent(int(r["first_offset"]), int(r["last_offset"]), r["dedup_token"], frozenset(r["ids"])) for r in rows]
 
 
-async def replay(store: Store, intent: Intent, rows: Sequence[dict[str, Any]]) -> int:
+async def replay(store: Store, intent: Intent, rows: Sequence[UsageRow]) -> int:
     """Re-run a recorded insert: the rows of its offset range that it held, with its token. Where
     the first run completed this writes nothing; where it was cut short, it writes the rest."""
-    selected = [r for r in rows if r["event_id"] in intent.event_ids]
+    selected = [r for r in rows if r.event_id in intent.event_ids]
     if selected:
         await store.insert("usage_events", selected, dedup_token=intent.dedup_token)
     return len(selected)

@@ -49,7 +49,7 @@ class Store(Protocol):
         ...
 
     async def insert(
-        self, table: str, rows: Sequence[Mapping[str, Any]] | bytes, *, dedup_token: str | None = None
+        self, table: str, rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes, *, dedup_token: str | None = None
     ) -> None:
         """Insert rows (dicts, or ready JSONEachRow bytes). With ``dedup_token``, inserting the same
         token again is a no-op in the table and in every materialized view it feeds."""
@@ -100,14 +100,11 @@ def bind_params_as_text(params: Mapping[str, Any] | None) -> dict[str, str]:
 _row_encoder = msgspec.json.Encoder(decimal_format="string")
 
 
-def encode_rows(rows: Sequence[Mapping[str, Any]] | bytes) -> bytes:
+def encode_rows(rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes) -> bytes:
+    """Rows (mappings or Structs, named by column) as JSONEachRow: one JSON object per line."""
     if isinstance(rows, (bytes, bytearray)):
         return bytes(rows)
-    buf = bytearray()
-    for row in rows:
-        buf += _row_encoder.encode(row)
-        buf += b"\n"
-    return bytes(buf)
+    return _row_encoder.encode_lines(rows)
 
 
 def settings_clause(settings: Mapping[str, Any]) -> str:

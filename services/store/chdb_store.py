@@ -70,7 +70,7 @@ class ChdbStore:
         self._conn.query(sql + payload.decode())
 
     async def insert(
-        self, table: str, rows: Sequence[Mapping[str, Any]] | bytes, *, dedup_token: str | None = None
+        self, table: str, rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes, *, dedup_token: str | None = None
     ) -> None:
         if not _TABLE_NAME.match(table):
             raise StoreError(f"invalid table name {table!r}")

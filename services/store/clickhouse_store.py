@@ -54,7 +54,7 @@ class ClickHouseStore:
         await self._run(lambda: self._client.command(sql, parameters=plain_params(params)))
 
     async def insert(
-        self, table: str, rows: Sequence[Mapping[str, Any]] | bytes, *, dedup_token: str | None = None
+        self, table: str, rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes, *, dedup_token: str | None = None
     ) -> None:
         payload = encode_rows(rows)
         if not payload:
