@@ -4,11 +4,13 @@ time, its primary key)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
 from services.query.aggregations import Window, money
+from services.query.billing import locate
+from services.query.keys import mask
 from services.query.params import Range
 from services.query.spend import LOG_COLUMNS
 from services.store import Store
@@ -27,46 +29,78 @@ def _money_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def customers(store: Store, w: Window, sort: CustomerSort, order: str, limit: int, page: int) -> tuple[list[dict[str, Any]], int]:
     direction = "DESC" if order == "desc" else "ASC"
+    # the page and the number of customers in one read (count() OVER the grouped customers)
     rows = await store.select(
-        f"SELECT customer_id, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_customer"
-        f" WHERE {_FILTER} AND customer_id != '' GROUP BY customer_id"
+        f"SELECT customer_id, sum(total_cost) AS total_cost, sum(request_count) AS calls, count() OVER () AS customers"
+        f" FROM spend_daily_by_customer WHERE {_FILTER} AND customer_id != '' GROUP BY customer_id"
         f" ORDER BY {_SORT[sort]} {direction}, customer_id ASC LIMIT {{limit:UInt32}} OFFSET {{skip:UInt64}}",
         {**w.params(), "limit": limit, "skip": (page - 1) * limit},
     )
-    total = await store.select(
-        f"SELECT uniqExact(customer_id) AS n FROM spend_daily_by_customer WHERE {_FILTER} AND customer_id != ''", w.params()
-    )
-    return _money_rows(rows), int(total[0]["n"])
+    if rows:
+        total = int(rows[0]["customers"])
+    elif page == 1:
+        total = 0
+    else:  # a page past the end: count them alone
+        total = int((await store.select(
+            f"SELECT count() AS n FROM (SELECT customer_id FROM spend_daily_by_customer WHERE {_FILTER}"
+            f" AND customer_id != '' GROUP BY customer_id)", w.params()))[0]["n"])
+    return [{"customer_id": r["customer_id"], "total_cost": money(Decimal(r["total_cost"])), "calls": int(r["calls"])}
+            for r in rows], total
 
 
 async def customer(store: Store, w: Window, customer_id: str) -> dict[str, Any]:
-    params = {**w.params(), "customer": customer_id}
-    where = f"{_FILTER} AND customer_id = {{customer:String}}"
-    models = await store.select(
-        f"SELECT model, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_customer"
-        f" WHERE {where} GROUP BY model ORDER BY calls DESC, total_cost DESC, model", params)
-    daily = await store.select(
-        f"SELECT day AS date, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_customer"
-        f" WHERE {where} GROUP BY day ORDER BY day", params)
-    total_cost = sum((Decimal(m["total_cost"]) for m in models), Decimal(0))
+    """Totals, models and daily trend of one customer, from one read of its rollup rows (a model per
+    day at most), folded here."""
+    rows = await store.select(
+        f"SELECT model, day, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_customer"
+        f" WHERE {_FILTER} AND customer_id = {{customer:String}} GROUP BY model, day", {**w.params(), "customer": customer_id})
+    models: dict[str, list[Any]] = {}
+    days: dict[str, list[Any]] = {}
+    for r in rows:
+        cost, calls = Decimal(r["total_cost"]), int(r["calls"])
+        for into, k in ((models, r["model"]), (days, r["day"])):
+            entry = into.setdefault(k, [Decimal(0), 0])
+            entry[0] += cost
+            entry[1] += calls
+    top = sorted(models.items(), key=lambda m: (-m[1][1], -m[1][0], m[0]))
     return {
         "customer_id": customer_id,
-        "total_cost": money(total_cost),
-        "calls": sum(int(m["calls"]) for m in models),
-        "top_models": _money_rows(models),
-        "daily": _money_rows(daily),
+        "total_cost": money(sum((m[0] for m in models.values()), Decimal(0))),
+        "calls": sum(m[1] for m in models.values()),
+        "top_models": [{"model": k, "total_cost": money(c), "calls": n} for k, (c, n) in top],
+        "daily": [{"date": k, "total_cost": money(c), "calls": n} for k, (c, n) in sorted(days.items())],
     }
 
 
-async def customer_calls(store: Store, org_id: str, r: Range, customer_id: str, limit: int, page: int) -> tuple[list[dict[str, Any]], int]:
-    params = {"org": org_id, "start": r.start, "end": r.end, "customer": customer_id}
-    where = ("org_id = {org:String} AND started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}"
-             " AND customer_id = {customer:String} AND NOT sandbox")
+def _midnight(d: date) -> datetime:
+    return datetime.combine(d, time(), tzinfo=timezone.utc)
+
+
+async def customer_calls(store: Store, org_id: str, first: date, last: date, customer_id: str, limit: int,
+                         page: int) -> tuple[list[dict[str, Any]], int]:
+    """A page of a customer's calls (days ``first`` to ``last``, newest first) and how many there
+    are. The customer's calls per day come from the rollup: they give the total, and the days the
+    page lies in, so the raw table is read over those days only, never over the whole window."""
+    per_day = await store.select(
+        "SELECT day, sum(request_count) AS n FROM spend_daily_by_customer WHERE org_id = {org:String}"
+        " AND customer_id = {customer:String} AND day BETWEEN {first:Date} AND {last:Date} AND NOT sandbox GROUP BY day",
+        {"org": org_id, "customer": customer_id, "first": first, "last": last})
+    counts = {date.fromisoformat(r["day"]): int(r["n"]) for r in per_day}
+    total = sum(counts.values())
+    offset = (page - 1) * limit
+    newest = locate(counts, offset, "desc")
+    if newest is None:
+        return [], total
+    day, skip = newest
+    oldest = locate(counts, offset + limit - 1, "desc")
     rows = await store.select(
-        f"SELECT {LOG_COLUMNS} FROM usage_events WHERE {where} ORDER BY started_at DESC, event_id"
-        f" LIMIT {{limit:UInt32}} OFFSET {{skip:UInt64}}", {**params, "limit": limit, "skip": (page - 1) * limit})
-    total = await store.select(f"SELECT count() AS n FROM usage_events WHERE {where}", params)
-    return rows, int(total[0]["n"])
+        f"SELECT {LOG_COLUMNS} FROM usage_events WHERE org_id = {{org:String}}"
+        " AND started_at >= {lo:DateTime64(3, 'UTC')} AND started_at < {hi:DateTime64(3, 'UTC')}"
+        " AND customer_id = {customer:String} AND NOT sandbox ORDER BY started_at DESC, event_id"
+        " LIMIT {limit:UInt32} OFFSET {skip:UInt64}",
+        {"org": org_id, "customer": customer_id, "lo": _midnight(oldest[0] if oldest else first),
+         "hi": _midnight(day) + timedelta(days=1), "limit": limit, "skip": skip})
+    return rows, total
 
 
 async def features(store: Store, w: Window) -> list[dict[str, Any]]:
@@ -101,7 +135,20 @@ async def customer_by_feature(store: Store, w: Window) -> list[dict[str, Any]]:
 
 
 async def by_key(store: Store, w: Window) -> list[dict[str, Any]]:
-    return await _spend_by(store, w, "spend_daily_by_key", "key_id, team_id", "total_cost DESC, key_id")
+    """Cost and calls per key, with the key's name and masked form and its team's name, joined in
+    the store (one read instead of three)."""
+    rows = await store.select(
+        "SELECT s.key_id AS key_id, s.team_id AS team_id, s.total_cost AS total_cost, s.calls AS calls,"
+        " k.key_id != '' AS known, k.name AS key_name, k.prefix AS prefix, k.last4 AS last4, t.name AS team_name"
+        " FROM (SELECT key_id, team_id, sum(total_cost) AS total_cost, sum(request_count) AS calls"
+        f"       FROM spend_daily_by_key WHERE {_FILTER} GROUP BY key_id, team_id) AS s"
+        " LEFT JOIN (SELECT key_id, name, prefix, last4 FROM api_keys FINAL WHERE org_id = {org:String}) AS k"
+        "   ON k.key_id = s.key_id"
+        " LEFT JOIN (SELECT team_id, name FROM teams FINAL WHERE org_id = {org:String}) AS t ON t.team_id = s.team_id"
+        " ORDER BY total_cost DESC, key_id", w.params())
+    return [{"key_id": r["key_id"], "team_id": r["team_id"], "total_cost": money(Decimal(r["total_cost"])),
+             "calls": int(r["calls"]), "masked_key": mask(r["prefix"], r["last4"]) if r["known"] else "",
+             "key_name": r["key_name"], "team_name": r["team_name"]} for r in rows]
 
 
 async def by_tag(store: Store, w: Window) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from litestar.response import Stream
 from services.query import analytics, control, spend
 from services.query.aggregations import Window
 from services.query.auth import Principal
-from services.query.params import bad, day_range, pagination, positive_int, time_range
+from services.query.params import bad, pagination, positive_int, time_range
 from services.query.responses import encode_json, store_of
 
 _Date = Annotated[str | None, Parameter(description="YYYY-MM-DD (whole day, UTC) or ISO 8601")]
@@ -43,10 +43,8 @@ async def customer_detail(request: Request, principal: Principal, span: Window, 
     positive_int(page, "page", 1, 10_000_000)
     store = store_of(request)
     detail = await analytics.customer(store, span, customer_id)
-    rows, total = await analytics.customer_calls(store, principal.org_id, day_range(span.start, span.end), customer_id,
-                                                 limit, page)
-    keys = {k["id"]: k["masked_key"] for k in await control.list_keys(store, principal.org_id)}
-    teams = await control.team_names(store, principal.org_id)
+    rows, total = await analytics.customer_calls(store, principal.org_id, span.start, span.end, customer_id, limit, page)
+    keys, teams = await control.key_and_team_labels(store, principal.org_id, {r["key_id"] for r in rows})
     detail["calls_page"] = {"data": [spend.log_object(x, keys, teams) for x in rows], "pagination": pagination(page, limit, total)}
     return detail
 
@@ -64,14 +62,8 @@ async def features_by_customer(request: Request, span: Window) -> dict[str, Any]
 
 
 @get("/api/aggregations/by-key")
-async def by_key(request: Request, principal: Principal, span: Window) -> dict[str, Any]:
-    store = store_of(request)
-    keys = {k["id"]: k for k in await control.list_keys(store, principal.org_id)}
-    teams = await control.team_names(store, principal.org_id)
-    rows = await analytics.by_key(store, span)
-    return {"keys": [{**r, "masked_key": keys.get(r["key_id"], {}).get("masked_key", ""),
-                      "key_name": keys.get(r["key_id"], {}).get("name", ""), "team_name": teams.get(r["team_id"], "")}
-                     for r in rows]}
+async def by_key(request: Request, span: Window) -> dict[str, Any]:
+    return {"keys": await analytics.by_key(store_of(request), span)}
 
 
 @get("/api/aggregations/by-tag")

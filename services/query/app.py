@@ -218,8 +218,7 @@ async def by_prompt(request: Request, span: agg.Window) -> dict[str, Any]:
 
 @get("/api/aggregations/by-team")
 async def by_team(request: Request, span: agg.Window) -> dict[str, Any]:
-    store = store_of(request)
-    return await agg.by_team(store, span, await control.team_names(store, span.org_id))
+    return await agg.by_team(store_of(request), span)
 
 
 @get("/api/aggregations/version-comparison")

@@ -5,6 +5,7 @@ Every function takes the organisation as a required argument; none can reach acr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -153,6 +154,20 @@ async def list_keys(store: Store, org_id: str) -> list[dict[str, Any]]:
         {"org": org_id},
     )
     return [_key_view(r) for r in rows]
+
+
+async def key_and_team_labels(store: Store, org_id: str, key_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Masked form of the given keys and the names of the organisation's teams, in one read: what
+    a page of calls shows next to each call."""
+    rows = await store.select(
+        "SELECT 'key' AS kind, key_id AS id, prefix, last4, '' AS name FROM api_keys FINAL"
+        " WHERE org_id = {org:String} AND has({ids:Array(String)}, key_id)"
+        " UNION ALL SELECT 'team' AS kind, team_id AS id, '' AS prefix, '' AS last4, name FROM teams FINAL"
+        " WHERE org_id = {org:String}",
+        {"org": org_id, "ids": sorted(key_ids)},
+    )
+    keys = {r["id"]: mask(r["prefix"], r["last4"]) for r in rows if r["kind"] == "key"}
+    return keys, {r["id"]: r["name"] for r in rows if r["kind"] == "team"}
 
 
 async def revoke_key(store: Store, org_id: str, key_id: str) -> dict[str, Any]:

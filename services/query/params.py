@@ -67,12 +67,6 @@ def pagination(page: int, limit: int, total: int) -> dict[str, Any]:
     return {"page": page, "limit": limit, "totalCount": total, "totalPages": pages, "hasMore": page < pages}
 
 
-def day_range(first: date, last: date) -> Range:
-    """Whole UTC days, ``last`` included."""
-    start = datetime.combine(first, time(), tzinfo=timezone.utc)
-    return Range(start, datetime.combine(last, time(), tzinfo=timezone.utc) + timedelta(days=1))
-
-
 def positive_int(value: int, name: str, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise bad(name, f"must be between {lo} and {hi}, got {value}")
