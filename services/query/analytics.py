@@ -77,15 +77,18 @@ def _midnight(d: date) -> datetime:
 
 
 async def customer_calls(store: Store, org_id: str, first: date, last: date, customer_id: str, limit: int,
-                         page: int) -> tuple[list[dict[str, Any]], int]:
-    """A page of a customer's calls (days ``first`` to ``last``, newest first) and how many there
-    are. The customer's calls per day come from the rollup: they give the total, and the days the
+                         page: int, per_day: dict[date, int] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """A page of a customer's calls (days ``first`` to ``last``, newest first, sandbox calls left
+    out) and how many there are. The customer's calls per day come from the rollup (or
+    ``per_day``, when the caller has read them already): they give the total, and the days the
     page lies in, so the raw table is read over those days only, never over the whole window."""
-    per_day = await store.select(
-        "SELECT day, sum(request_count) AS n FROM spend_daily_by_customer WHERE org_id = {org:String}"
-        " AND customer_id = {customer:String} AND day BETWEEN {first:Date} AND {last:Date} AND NOT sandbox GROUP BY day",
-        {"org": org_id, "customer": customer_id, "first": first, "last": last})
-    counts = {date.fromisoformat(r["day"]): int(r["n"]) for r in per_day}
+    if per_day is None:
+        rows = await store.select(
+            "SELECT day, sum(request_count) AS n FROM spend_daily_by_customer WHERE org_id = {org:String}"
+            " AND customer_id = {customer:String} AND day BETWEEN {first:Date} AND {last:Date} AND NOT sandbox"
+            " GROUP BY day", {"org": org_id, "customer": customer_id, "first": first, "last": last})
+        per_day = {date.fromisoformat(r["day"]): int(r["n"]) for r in rows}
+    counts = {d: n for d, n in per_day.items() if n}
     total = sum(counts.values())
     offset = (page - 1) * limit
     newest = locate(counts, offset, "desc")

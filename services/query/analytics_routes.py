@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import date
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -43,7 +44,11 @@ async def customer_detail(request: Request, principal: Principal, span: Window, 
     positive_int(page, "page", 1, 10_000_000)
     store = store_of(request)
     detail = await analytics.customer(store, span, customer_id)
-    rows, total = await analytics.customer_calls(store, principal.org_id, span.start, span.end, customer_id, limit, page)
+    # the detail's daily calls are the page's counts per day when they cover every provider and no sandbox
+    per_day = (None if span.provider or span.include_sandbox
+               else {date.fromisoformat(d["date"]): d["calls"] for d in detail["daily"]})
+    rows, total = await analytics.customer_calls(store, principal.org_id, span.start, span.end, customer_id, limit, page,
+                                                 per_day)
     keys, teams = await control.key_and_team_labels(store, principal.org_id, {r["key_id"] for r in rows})
     detail["calls_page"] = {"data": [spend.log_object(x, keys, teams) for x in rows], "pagination": pagination(page, limit, total)}
     return detail

@@ -62,6 +62,11 @@ async def test_a_customers_calls_are_paged_through_the_days_they_fall_on(store: 
             rows, total = await analytics.customer_calls(store, org, first, last, "acme", limit, page)
             assert total == 31
             assert [r["event_id"] for r in rows] == expected[(page - 1) * limit:page * limit], (limit, page)
+    detail = await analytics.customer(store, Window(org, first, last), "acme")
+    per_day = {date.fromisoformat(d["date"]): d["calls"] for d in detail["daily"]}
+    for page in (1, 4, 11):  # the detail's own daily counts page the same way
+        assert await analytics.customer_calls(store, org, first, last, "acme", 3, page, per_day) == \
+            await analytics.customer_calls(store, org, first, last, "acme", 3, page)
     rows, total = await analytics.customer_calls(store, org, first + timedelta(days=7), last, "acme", 50, 1)
     assert total == len(rows) and {r["event_id"] for r in rows} <= set(expected) and rows
     assert await analytics.customer_calls(store, org, first, last, "nobody", 10, 1) == ([], 0)
