@@ -147,26 +147,37 @@ def csv_row(e: dict[str, Any]) -> list[Any]:
 
 
 async def analytics(store: Store, org_id: str, r: Range) -> dict[str, Any]:
-    """The window aggregated by date, by model and by API key (from the daily rollup, in one read)."""
+    """The window aggregated by date, by model and by API key, from the daily rollup in one
+    statement: per (date, model), folded here into dates and models, and per key."""
     params = {"org": org_id, "first": r.first_day, "last": r.last_day}
     where = "org_id = {org:String} AND day BETWEEN {first:Date} AND {last:Date} AND NOT sandbox"
-    by = " UNION ALL ".join(
-        f"SELECT '{name}' AS by, toString({column}) AS k, sum(total_cost) AS cost, sum(request_count) AS n,"
-        f" sum(input_tokens) AS i, sum(output_tokens) AS o FROM spend_daily_by_key WHERE {where} GROUP BY {column}"
-        for name, column in (("date", "day"), ("model", "model"), ("key", "key_id"))
+    sums = "sum(total_cost) AS cost, sum(request_count) AS n, sum(input_tokens) AS i, sum(output_tokens) AS o"
+    rows = await store.select(
+        f"SELECT 'day_model' AS by, toString(day) AS date, toString(model) AS model, '' AS key, {sums} FROM spend_daily_by_key"
+        f" WHERE {where} GROUP BY day, model"
+        f" UNION ALL SELECT 'key' AS by, '' AS date, '' AS model, toString(key_id) AS key, {sums} FROM spend_daily_by_key"
+        f" WHERE {where} GROUP BY key_id",
+        params,
     )
-    rows = await store.select(f"SELECT * FROM ({by}) ORDER BY by, k", params)
-    groups: dict[str, list[dict[str, Any]]] = {"date": [], "model": [], "key": []}
+    groups: dict[str, dict[str, list[int | Decimal]]] = {"date": {}, "model": {}, "key": {}}
     for x in rows:
-        groups[x["by"]].append({"key": x["k"], "costUsd": money(Decimal(x["cost"])), "requests": int(x["n"]),
-                                "inputTokens": int(x["i"]), "outputTokens": int(x["o"])})
-    by_date, by_model, by_key = groups["date"], groups["model"], groups["key"]
+        figures = (Decimal(x["cost"]), int(x["n"]), int(x["i"]), int(x["o"]))
+        for by in (("key",) if x["by"] == "key" else ("date", "model")):
+            into = groups[by].setdefault(x[by], [Decimal(0), 0, 0, 0])
+            for n, v in enumerate(figures):
+                into[n] += v
+
+    def listed(by: str, label: str) -> list[dict[str, Any]]:
+        return [{label: k, "costUsd": money(Decimal(c)), "requests": n, "inputTokens": i, "outputTokens": o}
+                for k, (c, n, i, o) in sorted(groups[by].items())]
+
+    by_date = listed("date", "date")
     return {
         "startDate": r.start.isoformat().replace("+00:00", "Z"),
         "endDate": r.end.isoformat().replace("+00:00", "Z"),
         "currency": "USD",
         "totalCostUsd": money(sum((x["costUsd"] for x in by_date), Decimal(0))),
-        "byDate": [{"date": x.pop("key"), **x} for x in by_date],
-        "byModel": [{"model": x.pop("key"), **x} for x in by_model],
-        "byApiKey": [{"keyId": x.pop("key"), **x} for x in by_key],
+        "byDate": by_date,
+        "byModel": listed("model", "model"),
+        "byApiKey": listed("key", "keyId"),
     }
