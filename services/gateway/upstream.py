@@ -5,7 +5,8 @@ Why aiohttp rather than httpx: on the proxy's hot path httpx's connection-pool b
 expiry check with a socket poll per request, anyio task lookups) cost about 0.8 ms of CPU per
 call, more than everything else the gateway does; aiohttp's C-parsed path costs about 0.1 ms
 (measured against nginx on loopback, 3,000 sequential calls). httpx remains the client
-elsewhere (tests, benchmarks), where a call's overhead does not matter.
+off the hot path (the gateway's cached key lookups, tests, benchmarks), where a call's
+overhead does not matter.
 """
 
 from __future__ import annotations
