@@ -9,7 +9,12 @@ Promises:
   whichever comes first, so spend is queryable within about a second of the call;
 - a store failure is retried with backoff for as long as it lasts; nothing is skipped and nothing
   is committed meanwhile, and the consumer keeps its group membership by continuing to poll
-  (paused) between attempts.
+  (paused) between attempts;
+- a newly assigned partition is recovered (the inserts its previous owner recorded from the
+  committed offset on are replayed) before any of its offsets is committed. Recovery runs in the
+  consume loop, not in the rebalance listener: aiokafka hands out the new assignment's records
+  while the listener still runs, and a commit made meanwhile would move the committed offset past
+  a recorded insert that was never completed, hiding it from every later owner.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from schemas.events import UsageEvent
 from services.common.settings import KafkaSettings, PricerSettings
@@ -34,7 +39,7 @@ from services.pricer.dlq import PoisonBreaker
 from services.pricer.pricing import price
 from services.pricer.rows import UsageRow, to_row
 from services.pricer.recovery import read_range
-from services.pricer.sink import PartitionBatch, intents_from, replay, write
+from services.pricer.sink import PartitionBatch, RecordedInsert, apply, intents_from, record, replay
 from services.store import Store, StoreError
 
 log = structlog.get_logger(__name__)
@@ -87,6 +92,8 @@ class Pricer:
         self._producer: AIOKafkaProducer | None = None
         self.stored_total = 0  # rows written by this process, for logs and tests
         self.committed: dict[int, int] = {}  # partition -> next offset to read, as last committed
+        self._unrecovered: set[int] = set()  # assigned, previous owner's inserts not yet replayed
+        self._assignments = 0  # counts assignments, so a recovery overtaken by a new one is redone
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -120,6 +127,8 @@ class Pricer:
         assert self._consumer is not None
         try:
             while not self._stopping.is_set():
+                if self._unrecovered:
+                    await self._recover(retry=True)
                 records = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms())
                 for tp, messages in records.items():
                     for m in messages:
@@ -138,21 +147,36 @@ class Pricer:
     # -- rebalance ------------------------------------------------------------------------
 
     async def on_assigned(self, partitions: set[int]) -> None:
-        """Finish what a previous owner may have left half-written, before consuming on."""
+        """Mark the partitions for recovery; the consume loop does it before it commits any of
+        their offsets (see the module docstring for why not here)."""
         log.info("partitions assigned", partitions=sorted(partitions))
+        self._assignments += 1
+        self._unrecovered |= partitions
+
+    async def _recover(self, *, retry: bool) -> None:
+        """Finish what previous owners may have left half-written in the partitions not yet
+        recovered. Retries store failures like a write unless ``retry`` is False."""
+        self._flushing = True  # keeps a rebalance listener from writing meanwhile
+        try:
+            await self._with_retry(self._recover_once, retry)
+        finally:
+            self._flushing = False
+
+    async def _recover_once(self) -> None:
         assert self._consumer is not None
-        delay = 0.2
-        while not self._stopping.is_set():
+        await self._refresh_state()
+        for p in sorted(self._unrecovered):
+            assignments = self._assignments
             try:
-                await self._refresh_state()
-                for p in sorted(partitions):
-                    committed = await self._consumer.committed(TopicPartition(self._kafka.raw_topic, p))
-                    await self._replay_intents(p, committed or 0)
-                return
-            except StoreError as exc:
-                log.error("store unavailable while recovering partitions; retrying", error=str(exc)[:500])
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                committed = await self._consumer.committed(TopicPartition(self._kafka.raw_topic, p))
+                await self._replay_intents(p, committed or 0)
+            except KafkaError as exc:
+                # Mid-rebalance or a broker outage: p stays unrecovered (so uncommitted) and the
+                # consume loop tries again on its next turn.
+                log.warning("could not recover partition yet", partition=p, error=repr(exc))
+                continue
+            if assignments == self._assignments:  # else p may have changed hands meanwhile: redo
+                self._unrecovered.discard(p)
 
     async def _replay_intents(self, partition: int, committed: int) -> None:
         for intent in await intents_from(self._store, self._kafka.raw_topic, partition, committed):
@@ -175,6 +199,7 @@ class Pricer:
             except Exception as exc:  # noqa: BLE001 - any failure here means: leave it to the next owner
                 log.warning("flush on revoke failed; leaving the batch to the next owner", error=str(exc))
         self._pending.drop_partitions(partitions)
+        self._unrecovered -= partitions  # the next owner recovers them
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -253,12 +278,20 @@ class Pricer:
             sends.append(await self._producer.send(self._kafka.dlq_topic, value=value or b"", key=key, headers=headers))
         await asyncio.gather(*sends)
 
-    async def _write_all(self, batches: list[PartitionBatch], registrations: list[Registration]) -> int:
+    async def _write_all(
+        self, batches: list[PartitionBatch], registrations: list[Registration], recorded: dict[int, RecordedInsert | None]
+    ) -> int:
+        """Record each batch's insert once, then apply every recorded one. ``recorded`` lives for
+        the whole flush, so a retry after a failure re-applies the same inserts."""
         await state.register_prompts(self._store, registrations)
-        written = 0
         for batch in batches:
-            if batch.rows:
-                written += await write(self._store, batch)
+            if batch.rows and batch.partition not in recorded:
+                recorded[batch.partition] = await record(self._store, batch)
+        written = 0
+        for insert in recorded.values():
+            if insert is not None:
+                await apply(self._store, insert)
+                written += len(insert.rows)
         return written
 
     async def _flush(self, *, retry: bool = True) -> None:
@@ -272,15 +305,22 @@ class Pricer:
 
     async def _flush_pending(self, retry: bool) -> None:
         assert self._consumer is not None
+        if self._unrecovered:
+            await self._with_retry(self._recover_once, retry)
         newest = max((e.started_at for entries in self._pending.events.values() for _, e in entries), default=None)
         await self._with_retry(lambda: self._refresh_state(newest), retry)
         registrations: list[Registration] = []
         batches = [self._price_partition(p, registrations) for p in sorted(self._pending.last_offset)]
         if self._pending.poison:
             await self._dead_letter()
-        written = await self._with_retry(lambda: self._write_all(batches, registrations), retry)
+        recorded: dict[int, RecordedInsert | None] = {}
+        written = await self._with_retry(lambda: self._write_all(batches, registrations, recorded), retry)
+        # A partition assigned anew while we wrote is not committed until it is recovered; its
+        # rows are stored, so a later commit covers them, and until then they are re-read.
         offsets = {
-            TopicPartition(self._kafka.raw_topic, p): last + 1 for p, last in self._pending.last_offset.items()
+            TopicPartition(self._kafka.raw_topic, p): last + 1
+            for p, last in self._pending.last_offset.items()
+            if p not in self._unrecovered
         }
         try:
             await self._consumer.commit(offsets)
@@ -290,8 +330,8 @@ class Pricer:
             log.warning("offset commit refused after a rebalance; the next owner will skip what we stored", error=str(exc))
             self._pending = _Pending()
             return
-        for p, last in self._pending.last_offset.items():
-            self.committed[p] = last + 1
+        for tp, offset in offsets.items():
+            self.committed[tp.partition] = offset
         self.stored_total += written
         log.debug("batch stored", rows=written, messages=self._pending.count, partitions=len(offsets))
         self._pending = _Pending()

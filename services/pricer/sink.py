@@ -14,7 +14,9 @@ of another shape. Two mechanisms make the store exactly once:
   ``usage_events`` but not in every rollup, and the first rule would then skip it for good. So
   each insert is first recorded in ``ingest_batches`` (offsets, token, ids); the next owner of
   the partition replays recorded batches from its committed offset on with the same token, and
-  ClickHouse writes exactly what is missing.
+  ClickHouse writes exactly what is missing. For the same reason a failed insert is retried as
+  recorded (``record`` once, then ``apply`` until it succeeds), never filtered again: the failure
+  may have come after the table took the rows and before every view did.
 """
 
 from __future__ import annotations
@@ -78,20 +80,45 @@ class Intent:
     event_ids: frozenset[str]
 
 
-async def write(store: Store, batch: PartitionBatch) -> int:
-    """Insert one partition's new rows; returns how many were inserted. Blocking until the store
-    has acknowledged; raises ``StoreError`` otherwise (nothing may then be committed)."""
+@dataclass(frozen=True)
+class RecordedInsert:
+    """An insert recorded in ``ingest_batches`` and not yet known to be applied."""
+
+    rows: list[UsageRow]
+    dedup_token: str
+
+
+async def record(store: Store, batch: PartitionBatch) -> RecordedInsert | None:
+    """Choose the batch's rows not yet stored and record the insert of them; ``None`` when there
+    are none. Raises ``StoreError`` (then nothing is recorded, and it may be called again)."""
     unique = list({r.event_id: r for r in reversed(batch.rows)}.values())[::-1]  # first copy wins
     present = await already_stored(store, unique)
     rows = [r for r in unique if r.event_id not in present]
-    if rows:
-        token = batch.dedup_token
-        await store.insert("ingest_batches", [{
-            "kafka_topic": batch.topic, "kafka_partition": batch.partition, "first_offset": batch.first_offset,
-            "last_offset": batch.last_offset, "dedup_token": token, "event_ids": [r.event_id for r in rows],
-        }])
-        await store.insert("usage_events", rows, dedup_token=token)
-    return len(rows)
+    if not rows:
+        return None
+    token = batch.dedup_token
+    await store.insert("ingest_batches", [{
+        "kafka_topic": batch.topic, "kafka_partition": batch.partition, "first_offset": batch.first_offset,
+        "last_offset": batch.last_offset, "dedup_token": token, "event_ids": [r.event_id for r in rows],
+    }])
+    return RecordedInsert(rows, token)
+
+
+async def apply(store: Store, insert: RecordedInsert) -> None:
+    """Run a recorded insert. Idempotent: a retry after a failure, whatever part of it the store
+    applied, writes exactly the rest, in the table and in every view."""
+    await store.insert("usage_events", insert.rows, dedup_token=insert.dedup_token)
+
+
+async def write(store: Store, batch: PartitionBatch) -> int:
+    """Insert one partition's new rows; returns how many were inserted. Blocking until the store
+    has acknowledged; raises ``StoreError`` otherwise (nothing may then be committed, and a retry
+    must ``apply`` the recorded insert rather than call this again: see the module docstring)."""
+    insert = await record(store, batch)
+    if insert is None:
+        return 0
+    await apply(store, insert)
+    return len(insert.rows)
 
 
 async def intents_from(store: Store, topic: str, partition: int, offset: int) -> list[Intent]:

@@ -4,10 +4,12 @@ raw table and in every rollup, whatever happened to the pricer before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -175,6 +177,113 @@ async def test_an_insert_cut_short_between_table_and_rollups_is_completed(store:
     assert t["raw_rows"] == 50 and t["raw_cost"] == cost
     assert t["key_rollup_rows"] == 50 and t["key_rollup_cost"] == cost
     assert t["prompt_rollup_rows"] == 25
+
+
+class HeldReplays:
+    """The real store, except that re-running one of the given recorded inserts never finishes:
+    the fault is a pricer that dies while it replays (a slow store, then SIGKILL)."""
+
+    def __init__(self, store: ChdbStore, tokens: set[str]) -> None:
+        self._store = store
+        self._tokens = tokens
+        self.entered = asyncio.Event()
+
+    async def insert(self, table: str, rows: Any, *, dedup_token: str | None = None) -> None:
+        if table == "usage_events" and dedup_token in self._tokens:
+            self.entered.set()
+            await asyncio.Event().wait()
+        await self._store.insert(table, rows, dedup_token=dedup_token)
+
+    async def select(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        return await self._store.select(sql, params)
+
+    async def execute(self, sql: str, params: Any = None) -> None:
+        await self._store.execute(sql, params)
+
+    async def close(self) -> None:
+        pass
+
+
+async def cut_insert(store: ChdbStore, topic: str, partition: int, events: list[UsageEvent]) -> PartitionBatch:
+    """A dead pricer's insert that reached usage_events and the prompt rollup, not the key rollup."""
+    rows = [to_row(price(e, Catalog()), 0, topic, partition, i) for i, e in enumerate(events)]
+    batch = PartitionBatch(topic, partition, 0, len(events) - 1, rows)
+    await store.execute("DETACH TABLE spend_daily_by_key_mv")
+    try:
+        await write(store, batch)
+    finally:
+        await store.execute("ATTACH TABLE spend_daily_by_key_mv")
+    return batch
+
+
+async def test_a_pricer_that_dies_while_recovering_leaves_the_recovery_to_the_next(
+    store: ChdbStore, broker: EmbeddedBroker
+) -> None:
+    """aiokafka hands a new owner its partition's records while on_partitions_assigned still runs.
+    A pricer that consumed and committed them during its replay of a cut insert, then died, moved
+    the committed offset past that insert and hid it from every later owner: the rollups missed
+    its rows for good. Nothing may be committed before the partition is recovered."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    events = make_events(org, 50)
+    ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in events])
+    (partition,) = ends
+    batch = await cut_insert(store, topic, partition, events[:30])
+
+    held = HeldReplays(store, {batch.dedup_token})
+    dying = pricer_for(held, broker, topic)  # type: ignore[arg-type]
+    await dying.start()
+    task = asyncio.create_task(dying.run())
+    await asyncio.wait_for(held.entered.wait(), 30)
+    # The fault's timing: it dies 1 s into its replay, long after a pricer that consumes while it
+    # recovers would have stored and committed the partition (batches close every 200 ms).
+    await asyncio.sleep(1.0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert dying.committed == {}, "offsets committed before the partition was recovered"
+    await asyncio.wait_for(dying.close(), 30)
+
+    await run_until_committed(pricer_for(store, broker, topic), ends)
+    t = await totals(store, org)
+    cost = expected_total(events)
+    assert t["raw_rows"] == 50 and t["raw_cost"] == cost
+    assert t["key_rollup_rows"] == 50 and t["key_rollup_cost"] == cost
+    assert t["prompt_rollup_rows"] == 25
+
+
+async def test_an_insert_that_failed_half_applied_is_retried_whole(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    """An insert fails after usage_events took the rows and before a view did (here a rollup
+    rejects them; on a server, also a timeout). The retry must re-run the recorded insert, not
+    filter out the rows now present: that would leave the rollup short and commit anyway."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    events = make_events(org, 40)
+    pricer = pricer_for(store, broker, topic)
+    await store.execute("ALTER TABLE spend_daily_by_key ADD CONSTRAINT fault CHECK org_id != {o:String}", {"o": org})
+    try:
+        ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in events])
+        await pricer.start()
+        task = asyncio.create_task(pricer.run())
+        try:
+            async def half_applied() -> bool:
+                assert not task.done(), "the pricer died on a failed insert"
+                return (await totals(store, org))["raw_rows"] == 40
+
+            await await_until(half_applied, what="the rows in usage_events while the key rollup refuses them")
+            cut = await totals(store, org)
+            assert cut["key_rollup_rows"] == 0 and pricer.committed == {}
+        finally:
+            await store.execute("ALTER TABLE spend_daily_by_key DROP CONSTRAINT fault")
+        await await_until(lambda: _done(pricer, ends, task), timeout_s=30, what="the retried insert committed")
+    finally:
+        pricer.stop()
+        await task
+        await pricer.close()
+    t = await totals(store, org)
+    cost = expected_total(events)
+    assert t["raw_rows"] == 40 and t["key_rollup_rows"] == 40 and t["key_rollup_cost"] == cost
+    assert t["prompt_rollup_rows"] == 20
 
 
 async def test_an_event_published_twice_is_stored_once(store: ChdbStore, broker: EmbeddedBroker) -> None:
