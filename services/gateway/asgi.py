@@ -37,9 +37,14 @@ class ClientGone(Exception):
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
-    """The request's headers by (lowercase, as ASGI servers give them) name; the last of a
-    repeated header wins."""
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    """The request's headers by (lowercase, as ASGI servers give them) name. A repeated header
+    becomes one comma-separated value (RFC 9110, 5.3), so that a proxy forwards every value (two
+    ``anthropic-beta`` lines are two betas), and two ``Authorization`` lines are not a key."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:

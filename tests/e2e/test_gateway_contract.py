@@ -58,6 +58,26 @@ def test_anthropic_key_and_version_headers(org: Org, fake_provider: FakeProvider
     assert fake_provider.last_request.headers["anthropic-version"] == "2026-01-01"
 
 
+def test_a_repeated_header_reaches_the_provider_with_every_value(org: Org, fake_provider: FakeProvider) -> None:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    headers = [("authorization", f"Bearer {org.admin_key}"), ("x-provider-key", "sk-ant-1"),
+               ("content-type", "application/json"), ("anthropic-beta", "prompt-caching-2024-07-31"),
+               ("anthropic-beta", "output-128k-2025-02-19")]
+    r = httpx.post(f"{org.stack.gateway_url}/api/proxy/v1/anthropic/messages", content=json.dumps(body),
+                   headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert fake_provider.last_request.headers["anthropic-beta"] == "prompt-caching-2024-07-31, output-128k-2025-02-19"
+
+
+def test_two_platform_keys_are_no_key(org: Org) -> None:
+    """Two Authorization lines are ambiguous: refused, not resolved by picking one."""
+    headers = [("authorization", f"Bearer {org.admin_key}"), ("authorization", f"Bearer {org.admin_key}"),
+               ("x-provider-key", "sk-up"), ("content-type", "application/json")]
+    r = httpx.post(f"{org.stack.gateway_url}/api/proxy/v1/openai/chat/completions", content=json.dumps(BODY),
+                   headers=headers, timeout=30)
+    assert r.status_code == 401, r.text
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status"),
     [

@@ -52,6 +52,11 @@ def test_request_headers_are_decoded_by_name() -> None:
     assert request_headers(scope) == {"authorization": "Bearer k", "x-feature": "search"}
 
 
+def test_a_repeated_header_keeps_every_value() -> None:
+    scope = {"headers": [(b"anthropic-beta", b"a-1"), (b"accept", b"*/*"), (b"anthropic-beta", b"b-2")]}
+    assert request_headers(scope) == {"anthropic-beta": "a-1, b-2", "accept": "*/*"}
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
