@@ -83,8 +83,11 @@ class HttpServer:
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
+    """Ctrl-C, a stop, and a closed terminal all stop gracefully: in-flight calls finish, their
+    events are flushed, and the embedded broker (in its own process group, so the terminal's
+    signals do not reach it) is stopped last."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
 
 

@@ -39,11 +39,13 @@ async def await_until(
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last value: {last!r}")
 
 
-def spawn_meterline(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``meterline ARGS`` in a child process, its output appended to ``log``."""
+def spawn_meterline(args: list[str], env: dict[str, str], log: Path, *, own_group: bool = False) -> subprocess.Popen[bytes]:
+    """``meterline ARGS`` in a child process, its output appended to ``log``. ``own_group``: in a
+    process group of its own, as a terminal's foreground job is (``os.killpg`` is then Ctrl-C)."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "services.cli", *args], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            process_group=0 if own_group else None,
         )
 
 

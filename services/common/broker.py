@@ -55,6 +55,10 @@ class EmbeddedBroker:
              "--storage-engine", "memory://tansu/"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own process group: a terminal's Ctrl-C goes to the foreground group, and the
+            # broker must outlive the gateway's last flush and the pricer's last commit. Whoever
+            # started it stops it, last.
+            process_group=0,
         )
         try:
             wait_for_port("127.0.0.1", port, 20.0, process)
