@@ -64,7 +64,10 @@ MODELS = [("openai", "gpt-4o-2024-08-06"), ("openai", "gpt-4o-mini-2024-07-18"),
 
 
 def events(n: int) -> list[UsageEvent]:
-    start = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    # Dated after the pricer's state loads, as live traffic is: then every flush reloads prices
+    # and prompts (an override or activation made before an event must apply to it), the cost
+    # a pricer pays in production. Events from the past would skip those reloads.
+    start = datetime.now(timezone.utc) + timedelta(hours=1)
     out = []
     for i in range(n):
         provider, model = MODELS[i % len(MODELS)]
