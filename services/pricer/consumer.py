@@ -84,8 +84,9 @@ class Pricer:
         self._breaker = PoisonBreaker(settings.dlq_breaker_window, settings.dlq_breaker_ratio)
         self._catalog = Catalog()
         self._registry = PromptRegistry()
-        self._state_loaded_at = 0.0  # monotonic
-        self._state_as_of = datetime.min.replace(tzinfo=timezone.utc)  # wall clock when last loaded
+        self._state_checked_at = 0.0  # monotonic
+        self._state_as_of = datetime.min.replace(tzinfo=timezone.utc)  # wall clock when last checked
+        self._state_marker: state.Marker | None = None  # None: reload at the next check
         self._stopping = asyncio.Event()
         self._flushing = False
         self._consumer: AIOKafkaConsumer | None = None
@@ -233,17 +234,21 @@ class Pricer:
         return max(0, int(left * 1000))
 
     async def _refresh_state(self, newest_event: datetime | None = None) -> None:
-        """Reload price overrides and the prompt registry when older than the refresh interval, or
-        when the batch holds events newer than the last load: an activation or override made
-        before such an event must be seen when attributing and pricing it. Blocking (three
-        small store reads)."""
-        stale = time.monotonic() - self._state_loaded_at >= self._settings.catalog_refresh_s
-        if not stale and (newest_event is None or newest_event < self._state_as_of):
+        """Bring price overrides and the prompt registry up to date when older than the refresh
+        interval, or when the batch holds events newer than the last check: an activation or
+        override made before such an event must be seen when attributing and pricing it. Live
+        traffic asks on every flush, so a cheap change marker is read first and the state itself
+        only when it moved. Blocking (one small store read, three more on a change)."""
+        stale = time.monotonic() - self._state_checked_at >= self._settings.catalog_refresh_s
+        if self._state_marker is not None and not stale and (newest_event is None or newest_event < self._state_as_of):
             return
         as_of = datetime.now(timezone.utc)  # before reading: what was written until now is seen
-        self._catalog = await state.load_catalog(self._store)
-        self._registry = await state.load_registry(self._store)
-        self._state_loaded_at = time.monotonic()
+        marker = await state.marker(self._store)
+        if marker != self._state_marker:
+            self._catalog = await state.load_catalog(self._store)
+            self._registry = await state.load_registry(self._store)
+            self._state_marker = marker
+        self._state_checked_at = time.monotonic()
         self._state_as_of = as_of
 
     def _rows(
@@ -345,6 +350,9 @@ class Pricer:
                 try:
                     return await step()
                 except StoreError as exc:
+                    # The step may have recorded prompt registrations in the registry that never
+                    # reached the store: rebuild it from the store before it is used again.
+                    self._state_marker = None
                     if not retry or self._stopping.is_set():
                         raise
                     log.error("store write failed; retrying", error=str(exc)[:500], retry_in_s=delay)

@@ -1,7 +1,7 @@
 """Loads what the pricer's pure steps need from the store, and writes prompt registrations.
 
-Blocking: each call is one or two store round-trips. Called at start-up and on a refresh
-interval, never per event.
+Blocking: each call is one or two store round-trips. Called at start-up, on a refresh interval
+and when a batch holds events newer than the last check (then ``marker`` first), never per event.
 """
 
 from __future__ import annotations
@@ -24,6 +24,28 @@ def _ts(value: str) -> datetime:
 
 def _dec(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
+
+
+# The tables the pricer's state is built from. Append-only (ReplacingMergeTree, never deleted
+# from), which is what makes ``marker`` sufficient.
+STATE_TABLES = ("price_overrides", "prompt_versions", "prompt_activations")
+
+Marker = tuple[tuple[str, int, int], ...]
+
+
+async def marker(store: Store) -> Marker:
+    """A value that moves whenever the pricer's state may have changed: per state table, the
+    newest block number among its active parts (every insert takes a higher one, and merges keep
+    it) and the newest data version (a mutation raises it). A merge may move it without a change,
+    which costs a reload; a change never leaves it unmoved. One read of part metadata, instead of
+    reading the three tables whole on every flush."""
+    rows = await store.select(
+        "SELECT table, max(max_block_number) AS block, max(data_version) AS version FROM system.parts"
+        " WHERE database = currentDatabase() AND active AND table IN {tables:Array(String)}"
+        " GROUP BY table ORDER BY table",
+        {"tables": list(STATE_TABLES)},
+    )
+    return tuple((r["table"], int(r["block"]), int(r["version"])) for r in rows)
 
 
 async def load_catalog(store: Store) -> Catalog:
