@@ -10,11 +10,14 @@ Promises:
 - a store failure is retried with backoff for as long as it lasts; nothing is skipped and nothing
   is committed meanwhile, and the consumer keeps its group membership by continuing to poll
   (paused) between attempts;
-- a newly assigned partition is recovered (the inserts its previous owner recorded from the
-  committed offset on are replayed) before any of its offsets is committed. Recovery runs in the
-  consume loop, not in the rebalance listener: aiokafka hands out the new assignment's records
-  while the listener still runs, and a commit made meanwhile would move the committed offset past
-  a recorded insert that was never completed, hiding it from every later owner.
+- a newly assigned partition is paused until it is recovered (the inserts its previous owner
+  recorded from the committed offset on are replayed), and nothing of it is written, dead-lettered
+  or committed before. Recovery runs in the consume loop, not in the rebalance listener: aiokafka
+  hands out the new assignment's records while the listener still runs, and a commit made
+  meanwhile would move the committed offset past a recorded insert that was never completed,
+  hiding it from every later owner;
+- one flush at a time: the consume loop and the revoke listener (aiokafka's coordinator task)
+  share a lock, and the listener skips its flush when the loop holds it.
 """
 
 from __future__ import annotations
@@ -88,12 +91,13 @@ class Pricer:
         self._state_as_of = datetime.min.replace(tzinfo=timezone.utc)  # wall clock when last checked
         self._state_marker: state.Marker | None = None  # None: reload at the next check
         self._stopping = asyncio.Event()
-        self._flushing = False
+        self._flush_lock = asyncio.Lock()  # one flush or recovery at a time (loop or listener)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.stored_total = 0  # rows written by this process, for logs and tests
         self.committed: dict[int, int] = {}  # partition -> next offset to read, as last committed
-        self._unrecovered: set[int] = set()  # assigned, previous owner's inserts not yet replayed
+        self._owned: set[int] = set()  # partitions assigned to this pricer now
+        self._unrecovered: set[int] = set()  # owned, paused, previous owner's inserts not yet replayed
         self._assignments = 0  # counts assignments, so a recovery overtaken by a new one is redone
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -129,15 +133,19 @@ class Pricer:
         try:
             while not self._stopping.is_set():
                 if self._unrecovered:
-                    await self._recover(retry=True)
+                    async with self._flush_lock:
+                        await self._with_retry(self._recover_once, retry=True)
                 records = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms())
                 for tp, messages in records.items():
                     for m in messages:
                         self._accept(tp.partition, m.offset, m.key, m.value)
                 if self._due():
+                    async with self._flush_lock:
+                        if self._due():  # the revoke listener may have flushed or dropped it meanwhile
+                            await self._flush()
+            async with self._flush_lock:
+                if self._pending.count:
                     await self._flush()
-            if self._pending.count:
-                await self._flush()
         except StoreError:
             if not self._stopping.is_set():
                 raise
@@ -147,36 +155,53 @@ class Pricer:
 
     # -- rebalance ------------------------------------------------------------------------
 
-    async def on_assigned(self, partitions: set[int]) -> None:
-        """Mark the partitions for recovery; the consume loop does it before it commits any of
-        their offsets (see the module docstring for why not here)."""
-        log.info("partitions assigned", partitions=sorted(partitions))
-        self._assignments += 1
-        self._unrecovered |= partitions
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The partitions this pricer owns now."""
+        return frozenset(self._owned)
 
-    async def _recover(self, *, retry: bool) -> None:
-        """Finish what previous owners may have left half-written in the partitions not yet
-        recovered. Retries store failures like a write unless ``retry`` is False."""
-        self._flushing = True  # keeps a rebalance listener from writing meanwhile
-        try:
-            await self._with_retry(self._recover_once, retry)
-        finally:
-            self._flushing = False
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Pause the partitions until the consume loop has recovered them (see the module
+        docstring for why not here)."""
+        log.info("partitions assigned", partitions=sorted(partitions))
+        assert self._consumer is not None
+        self._assignments += 1
+        self._owned |= partitions
+        self._unrecovered |= partitions
+        self._consumer.pause(*(self._tp(p) for p in partitions))
+
+    def _tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self._kafka.raw_topic, partition)
+
+    def _writable(self, partition: int) -> bool:
+        return partition in self._owned and partition not in self._unrecovered
 
     async def _recover_once(self) -> None:
+        """Finish what previous owners may have left half-written in the partitions not yet
+        recovered, then let the consume loop read them from their committed offsets."""
         assert self._consumer is not None
         await self._refresh_state()
         for p in sorted(self._unrecovered):
             assignments = self._assignments
+            tp = self._tp(p)
             try:
-                committed = await self._consumer.committed(TopicPartition(self._kafka.raw_topic, p))
+                committed = await self._consumer.committed(tp)
                 await self._replay_intents(p, committed or 0)
-            except KafkaError as exc:
-                # Mid-rebalance or a broker outage: p stays unrecovered (so uncommitted) and the
-                # consume loop tries again on its next turn.
+                if assignments != self._assignments or p not in self._unrecovered:
+                    continue  # it changed hands meanwhile: a new assignment is recovered anew
+                # Anything read of it before it was paused is dropped and read again, in order.
+                self._pending.drop_partitions({p})
+                if committed is None:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, committed)
+                self._consumer.resume(tp)
+            except (KafkaError, IllegalStateError) as exc:
+                # Mid-rebalance or a broker outage: p stays unrecovered (paused and uncommitted)
+                # and the consume loop tries again on its next turn.
                 log.warning("could not recover partition yet", partition=p, error=repr(exc))
                 continue
-            if assignments == self._assignments:  # else p may have changed hands meanwhile: redo
+            if assignments == self._assignments:
                 self._unrecovered.discard(p)
 
     async def _replay_intents(self, partition: int, committed: int) -> None:
@@ -184,6 +209,9 @@ class Pricer:
             messages = await read_range(self._bootstrap, self._kafka.raw_topic, partition,
                                         intent.first_offset, intent.last_offset)
             entries = [(offset, e) for offset, value in messages if not isinstance(e := decode(value), Poison)]
+            # Priced with the state the first run saw (or newer): the views it completes must
+            # agree with the table.
+            await self._refresh_state(max((e.started_at for _, e in entries), default=None))
             registrations: list[Registration] = []
             rows = self._rows(partition, entries, registrations)
             await state.register_prompts(self._store, registrations)
@@ -194,12 +222,16 @@ class Pricer:
     async def on_revoked(self, partitions: set[int]) -> None:
         """Write what we hold for partitions we are losing, so the next owner need not redo it.
         If the store is down, give it up: the next owner re-reads from the committed offset."""
-        if self._pending.count and not self._flushing:
-            try:
-                await self._flush(retry=False)
-            except Exception as exc:  # noqa: BLE001 - any failure here means: leave it to the next owner
-                log.warning("flush on revoke failed; leaving the batch to the next owner", error=str(exc))
+        # When the consume loop holds the lock it is flushing already (and its commit will be
+        # refused for what we lose); waiting for it here could hold up the rebalance for long.
+        if self._pending.count and not self._flush_lock.locked():
+            async with self._flush_lock:
+                try:
+                    await self._flush(retry=False)
+                except Exception as exc:  # noqa: BLE001 - any failure here means: leave it to the next owner
+                    log.warning("flush on revoke failed; leaving the batch to the next owner", error=str(exc))
         self._pending.drop_partitions(partitions)
+        self._owned -= partitions
         self._unrecovered -= partitions  # the next owner recovers them
 
     # -- steps ------------------------------------------------------------------------------
@@ -290,7 +322,9 @@ class Pricer:
         the whole flush, so a retry after a failure re-applies the same inserts."""
         await state.register_prompts(self._store, registrations)
         for batch in batches:
-            if batch.rows and batch.partition not in recorded:
+            # A partition lost since (or lost and assigned anew) is not recorded: its next owner
+            # may already have recovered it, and would not see this insert to complete it.
+            if batch.rows and batch.partition not in recorded and self._writable(batch.partition):
                 recorded[batch.partition] = await record(self._store, batch)
         written = 0
         for insert in recorded.values():
@@ -301,17 +335,20 @@ class Pricer:
 
     async def _flush(self, *, retry: bool = True) -> None:
         """Write the pending batch, then commit its offsets. Blocks until both are done; retries
-        store failures with backoff (keeping group membership) unless ``retry`` is False."""
-        self._flushing = True
+        store failures with backoff (keeping group membership) unless ``retry`` is False. The
+        caller holds ``_flush_lock``."""
         try:
             await self._flush_pending(retry)
-        finally:
-            self._flushing = False
+        except BaseException:
+            # Registrations may be in the registry's memory without being stored: rebuild it.
+            self._state_marker = None
+            raise
 
     async def _flush_pending(self, retry: bool) -> None:
         assert self._consumer is not None
-        if self._unrecovered:
-            await self._with_retry(self._recover_once, retry)
+        # Messages of a partition not writable (not recovered yet) are dropped: recovery seeks
+        # it back to its committed offset and they are read again.
+        self._pending.drop_partitions({p for p in self._pending.last_offset if not self._writable(p)})
         newest = max((e.started_at for entries in self._pending.events.values() for _, e in entries), default=None)
         await self._with_retry(lambda: self._refresh_state(newest), retry)
         registrations: list[Registration] = []
@@ -320,15 +357,12 @@ class Pricer:
             await self._dead_letter()
         recorded: dict[int, RecordedInsert | None] = {}
         written = await self._with_retry(lambda: self._write_all(batches, registrations, recorded), retry)
-        # A partition assigned anew while we wrote is not committed until it is recovered; its
-        # rows are stored, so a later commit covers them, and until then they are re-read.
-        offsets = {
-            TopicPartition(self._kafka.raw_topic, p): last + 1
-            for p, last in self._pending.last_offset.items()
-            if p not in self._unrecovered
-        }
+        # A partition lost, or assigned anew, while we wrote is not committed: its next owner (or
+        # our own recovery) reads it again from the committed offset.
+        offsets = {self._tp(p): last + 1 for p, last in self._pending.last_offset.items() if self._writable(p)}
         try:
-            await self._consumer.commit(offsets)
+            if offsets:  # aiokafka refuses an empty commit
+                await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # We lost the partitions while writing. The rows are stored; the next owner reads the
             # messages again and drops the events already stored, so dropping the batch is safe.
@@ -356,12 +390,20 @@ class Pricer:
                     if not retry or self._stopping.is_set():
                         raise
                     log.error("store write failed; retrying", error=str(exc)[:500], retry_in_s=delay)
-                    if not paused:
-                        # Keep polling (to stay in the group) without taking more messages.
-                        self._consumer.pause(*self._consumer.assignment())
-                        paused = True
-                    await self._consumer.getmany(timeout_ms=int(delay * 1000))
+                    await self._poll_paused(delay)
+                    paused = True
                     delay = min(delay * 2, 5.0)
         finally:
             if paused:
-                self._consumer.resume(*self._consumer.assignment())
+                self._consumer.resume(*(tp for tp in self._consumer.assignment() if self._writable(tp.partition)))
+
+    async def _poll_paused(self, seconds: float) -> None:
+        """Poll (to stay in the group) without taking messages. Paused again on every pass: a
+        rebalance meanwhile brings a new assignment, and what it hands out anyway is put back
+        (sought to again) rather than skipped."""
+        assert self._consumer is not None
+        self._consumer.pause(*self._consumer.assignment())
+        records = await self._consumer.getmany(timeout_ms=int(seconds * 1000))
+        for tp, messages in records.items():
+            if messages:
+                self._consumer.seek(tp, messages[0].offset)

@@ -390,6 +390,54 @@ async def test_store_outage_is_waited_out_without_committing(store: ChdbStore, b
     assert t["raw_rows"] == 80 and t["key_rollup_rows"] == 80 and t["key_rollup_cost"] == expected_total(first + during)
 
 
+async def test_a_rebalance_during_a_store_outage_loses_nothing(store: ChdbStore, broker: EmbeddedBroker) -> None:
+    """While the store is down the pricer polls paused, to stay in its group. A member joining and
+    leaving meanwhile brings it new assignments, which start unpaused: what they hand out must be
+    put back, not skipped, or a later commit passes over events that were never stored."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    first, during = make_events(org, 30), make_events(org, 90)
+    pricer = pricer_for(store, broker, topic)
+
+    def spread(events: list[UsageEvent]) -> list[tuple[bytes, bytes]]:
+        return [(e.event_id.encode(), encode_event(e)) for e in events]  # over all three partitions
+
+    async def owns(partitions: set[int]) -> bool:
+        return pricer.partitions == partitions
+
+    ends = await produce(broker.bootstrap, topic, spread(first))
+    await pricer.start()
+    task = asyncio.create_task(pricer.run())
+    try:
+        await await_until(lambda: _done(pricer, ends, task), what="first events committed")
+        await store.execute("DETACH TABLE usage_events")
+        try:
+            ends = await produce(broker.bootstrap, topic, spread(during))
+            other = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=f"g-{topic}",
+                                     enable_auto_commit=False, session_timeout_ms=3000)
+            await other.start()
+            try:
+                async def other_has_partitions() -> bool:
+                    return bool(other.assignment())
+
+                await await_until(other_has_partitions, timeout_s=30, what="a second member's assignment")
+            finally:
+                await other.stop()  # leaves the group: a second rebalance
+            await await_until(lambda: owns({0, 1, 2}), timeout_s=30, what="the pricer owning every partition again")
+            assert not task.done(), "the pricer died during the outage"
+        finally:
+            await store.execute("ATTACH TABLE usage_events")
+        await await_until(lambda: _done(pricer, ends, task), timeout_s=60, what="catch-up after the outage")
+    finally:
+        pricer.stop()
+        await task
+        await pricer.close()
+    t = await totals(store, org)
+    cost = expected_total(first + during)
+    assert t["raw_rows"] == 120 and t["raw_ids"] == 120 and t["raw_cost"] == cost
+    assert t["key_rollup_rows"] == 120 and t["key_rollup_cost"] == cost
+
+
 async def test_events_with_odd_usage_are_stored_with_a_status(store: ChdbStore, broker: EmbeddedBroker) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     topic = await new_topic(broker)
