@@ -318,8 +318,9 @@ class Pricer:
     async def _write_all(
         self, batches: list[PartitionBatch], registrations: list[Registration], recorded: dict[int, RecordedInsert | None]
     ) -> int:
-        """Record each batch's insert once, then apply every recorded one. ``recorded`` lives for
-        the whole flush, so a retry after a failure re-applies the same inserts."""
+        """Record each batch's insert once, then apply every recorded one of a partition still
+        ours. ``recorded`` lives for the whole flush, so a retry after a failure re-applies the
+        same inserts."""
         await state.register_prompts(self._store, registrations)
         for batch in batches:
             # A partition lost since (or lost and assigned anew) is not recorded: its next owner
@@ -327,8 +328,11 @@ class Pricer:
             if batch.rows and batch.partition not in recorded and self._writable(batch.partition):
                 recorded[batch.partition] = await record(self._store, batch)
         written = 0
-        for insert in recorded.values():
-            if insert is not None:
+        for partition, insert in recorded.items():
+            # Not applied for a partition lost meanwhile: an owner that recovered it after this
+            # record replays it; one that recovered it before reads the events itself, and this
+            # apply, under another token, would store them twice.
+            if insert is not None and self._writable(partition):
                 await apply(self._store, insert)
                 written += len(insert.rows)
         return written
