@@ -30,14 +30,17 @@ class Poison:
     reason: str
 
 
+def _unsupported(version: int) -> Poison:
+    return Poison(f"unsupported schema version {version} (this pricer reads up to {SCHEMA_VERSION})")
+
+
 def _too_new(payload: bytes) -> Poison | None:
+    """For a payload that did not decode: the version reason, when it names a newer schema."""
     try:
         version = _envelope.decode(payload).schema_version
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if version > SCHEMA_VERSION:
-        return Poison(f"unsupported schema version {version} (this pricer reads up to {SCHEMA_VERSION})")
-    return None
+    return _unsupported(version) if version > SCHEMA_VERSION else None
 
 
 def decode(payload: bytes | None) -> UsageEvent | Poison:
@@ -51,7 +54,7 @@ def decode(payload: bytes | None) -> UsageEvent | Poison:
         # envelope costs a second parse, a third of the decode of every good event.
         return _too_new(payload) or Poison(f"undecodable: {exc}")
     if event.schema_version > SCHEMA_VERSION:
-        return _too_new(payload) or Poison("unsupported schema version")
+        return _unsupported(event.schema_version)
     if not _CANONICAL_UUID.fullmatch(event.event_id):  # the gateway's form; anything else is checked slowly
         try:
             event.event_id = str(uuid.UUID(event.event_id))
