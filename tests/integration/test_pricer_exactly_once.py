@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -88,17 +89,25 @@ def pricer_for(store: ChdbStore, broker: EmbeddedBroker, topic: str, batch: int 
     return Pricer(store, kafka, settings.pricer, broker.bootstrap)
 
 
-async def run_until_committed(pricer: Pricer, ends: dict[int, int]) -> None:
+@contextlib.asynccontextmanager
+async def running(pricer: Pricer) -> AsyncIterator[asyncio.Task[None]]:
+    """The pricer started and consuming; on the way out stopped (what it holds is flushed), its
+    run awaited (so a failure in it fails the test) and closed."""
     await pricer.start()
     task = asyncio.create_task(pricer.run())
     try:
-        await await_until(
-            lambda: _done(pricer, ends, task), timeout_s=30, what=f"offsets {ends} committed (have {pricer.committed})"
-        )
+        yield task
     finally:
         pricer.stop()
         await task
         await pricer.close()
+
+
+async def run_until_committed(pricer: Pricer, ends: dict[int, int]) -> None:
+    async with running(pricer) as task:
+        await await_until(
+            lambda: _done(pricer, ends, task), timeout_s=30, what=f"offsets {ends} committed (have {pricer.committed})"
+        )
 
 
 async def _done(pricer: Pricer, ends: dict[int, int], task: asyncio.Task) -> bool:
@@ -151,6 +160,19 @@ async def test_crash_between_insert_and_commit_is_not_counted_twice(store: ChdbS
     assert t["prompt_rollup_rows"] == 250
 
 
+async def cut_insert(store: ChdbStore, topic: str, partition: int, events: list[UsageEvent]) -> PartitionBatch:
+    """A dead pricer's insert that reached usage_events and the prompt rollup, not the key rollup:
+    the key rollup's view is missing while it runs (ClickHouse writes views one after another)."""
+    rows = [to_row(price(e, Catalog()), 0, topic, partition, i) for i, e in enumerate(events)]
+    batch = PartitionBatch(topic, partition, 0, len(events) - 1, rows)
+    await store.execute("DETACH TABLE spend_daily_by_key_mv")
+    try:
+        await write(store, batch)
+    finally:
+        await store.execute("ATTACH TABLE spend_daily_by_key_mv")
+    return batch
+
+
 async def test_an_insert_cut_short_between_table_and_rollups_is_completed(store: ChdbStore, broker: EmbeddedBroker) -> None:
     """A pricer killed mid-insert: the rows reached usage_events and one rollup but not the other
     (ClickHouse writes views one after another). The next owner replays the recorded insert."""
@@ -159,14 +181,7 @@ async def test_an_insert_cut_short_between_table_and_rollups_is_completed(store:
     events = make_events(org, 50)
     ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in events])
     (partition,) = ends
-    rows = [to_row(price(e, Catalog()), 0, topic, partition, i) for i, e in enumerate(events[:30])]
-    batch = PartitionBatch(topic, partition, 0, 29, rows)
-    # Reproduce the cut: the key rollup's view is missing while the dead pricer's insert runs.
-    await store.execute("DETACH TABLE spend_daily_by_key_mv")
-    try:
-        await write(store, batch)
-    finally:
-        await store.execute("ATTACH TABLE spend_daily_by_key_mv")
+    await cut_insert(store, topic, partition, events[:30])
     cut = await totals(store, org)
     assert cut["raw_rows"] == 30 and cut["key_rollup_rows"] == 0 and cut["prompt_rollup_rows"] == 15
 
@@ -202,18 +217,6 @@ class HeldReplays:
 
     async def close(self) -> None:
         pass
-
-
-async def cut_insert(store: ChdbStore, topic: str, partition: int, events: list[UsageEvent]) -> PartitionBatch:
-    """A dead pricer's insert that reached usage_events and the prompt rollup, not the key rollup."""
-    rows = [to_row(price(e, Catalog()), 0, topic, partition, i) for i, e in enumerate(events)]
-    batch = PartitionBatch(topic, partition, 0, len(events) - 1, rows)
-    await store.execute("DETACH TABLE spend_daily_by_key_mv")
-    try:
-        await write(store, batch)
-    finally:
-        await store.execute("ATTACH TABLE spend_daily_by_key_mv")
-    return batch
 
 
 async def test_a_pricer_that_dies_while_recovering_leaves_the_recovery_to_the_next(
@@ -261,10 +264,8 @@ async def test_an_insert_that_failed_half_applied_is_retried_whole(store: ChdbSt
     events = make_events(org, 40)
     pricer = pricer_for(store, broker, topic)
     await store.execute("ALTER TABLE spend_daily_by_key ADD CONSTRAINT fault CHECK org_id != {o:String}", {"o": org})
-    try:
-        ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in events])
-        await pricer.start()
-        task = asyncio.create_task(pricer.run())
+    ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in events])
+    async with running(pricer) as task:
         try:
             async def half_applied() -> bool:
                 assert not task.done(), "the pricer died on a failed insert"
@@ -276,10 +277,6 @@ async def test_an_insert_that_failed_half_applied_is_retried_whole(store: ChdbSt
         finally:
             await store.execute("ALTER TABLE spend_daily_by_key DROP CONSTRAINT fault")
         await await_until(lambda: _done(pricer, ends, task), timeout_s=30, what="the retried insert committed")
-    finally:
-        pricer.stop()
-        await task
-        await pricer.close()
     t = await totals(store, org)
     cost = expected_total(events)
     assert t["raw_rows"] == 40 and t["key_rollup_rows"] == 40 and t["key_rollup_cost"] == cost
@@ -365,9 +362,7 @@ async def test_store_outage_is_waited_out_without_committing(store: ChdbStore, b
     first, during = make_events(org, 20), make_events(org, 60)
     pricer = pricer_for(store, broker, topic)
     ends = await produce(broker.bootstrap, topic, [(org.encode(), encode_event(e)) for e in first])
-    await pricer.start()
-    task = asyncio.create_task(pricer.run())
-    try:
+    async with running(pricer) as task:
         await await_until(lambda: _done(pricer, ends, task), what="first events committed")
         committed_before = dict(pricer.committed)
         await store.execute("DETACH TABLE usage_events")
@@ -382,10 +377,6 @@ async def test_store_outage_is_waited_out_without_committing(store: ChdbStore, b
         finally:
             await store.execute("ATTACH TABLE usage_events")
         await await_until(lambda: _done(pricer, ends, task), timeout_s=30, what="catch-up after the outage")
-    finally:
-        pricer.stop()
-        await task
-        await pricer.close()
     t = await totals(store, org)
     assert t["raw_rows"] == 80 and t["key_rollup_rows"] == 80 and t["key_rollup_cost"] == expected_total(first + during)
 
@@ -406,9 +397,7 @@ async def test_a_rebalance_during_a_store_outage_loses_nothing(store: ChdbStore,
         return pricer.partitions == partitions
 
     ends = await produce(broker.bootstrap, topic, spread(first))
-    await pricer.start()
-    task = asyncio.create_task(pricer.run())
-    try:
+    async with running(pricer) as task:
         await await_until(lambda: _done(pricer, ends, task), what="first events committed")
         await store.execute("DETACH TABLE usage_events")
         try:
@@ -428,10 +417,6 @@ async def test_a_rebalance_during_a_store_outage_loses_nothing(store: ChdbStore,
         finally:
             await store.execute("ATTACH TABLE usage_events")
         await await_until(lambda: _done(pricer, ends, task), timeout_s=60, what="catch-up after the outage")
-    finally:
-        pricer.stop()
-        await task
-        await pricer.close()
     t = await totals(store, org)
     cost = expected_total(first + during)
     assert t["raw_rows"] == 120 and t["raw_ids"] == 120 and t["raw_cost"] == cost
