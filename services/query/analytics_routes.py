@@ -61,9 +61,10 @@ async def list_features(request: Request, span: Window) -> dict[str, Any]:
 
 
 @get("/api/features/by-customer")
-async def features_by_customer(request: Request, span: Window) -> dict[str, Any]:
-    """The customer × feature cross table."""
-    return {"rows": await analytics.customer_by_feature(store_of(request), span)}
+async def features_by_customer(request: Request, span: Window) -> Any:
+    """The customer × feature cross table: ``{"rows": [{customer_id, feature, total_cost, calls}]}``
+    (the rows as the store wrote them)."""
+    return b'{"rows":' + await analytics.customer_by_feature(store_of(request), span) + b"}"
 
 
 @get("/api/aggregations/by-key")

@@ -3,7 +3,7 @@ call before or after making it."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -81,34 +81,55 @@ async def logs(store: Store, org_id: str, r: Range | None, *, request_id: str | 
     )
 
 
-async def logs_by_date(store: Store, org_id: str, r: Range, *, key_id: str | None, user: str | None) -> list[dict[str, Any]]:
-    """Spend per date, and per model, key and user within each date. Grouped by (date, model),
-    (date, key) and (date, user) separately: grouping by all four at once returns a row per
-    combination, which grows with traffic far faster than the answer does."""
-    where, params = _filters(org_id, r, None, key_id, user)
-    rows = await store.select(
-        f"SELECT toDate(started_at) AS date, model, key_id, user_id, grouping(model, key_id, user_id) AS g,"
-        f" sum(total_cost) AS spend, count() AS n FROM usage_events WHERE {where}"
-        f" GROUP BY GROUPING SETS ((date, model), (date, key_id), (date, user_id)) ORDER BY date",
-        params,
-    )
-    days: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        day = days.setdefault(row["date"], {"startTime": row["date"], "spend": Decimal(0), "request_count": 0,
-                                            "models": {}, "api_keys": {}, "users": {}})
-        spend = money(Decimal(row["spend"]))
-        g = int(row["g"])  # a bit per column (model, key_id, user_id), set where the row is NOT grouped by it
-        if g == 0b011:  # every call is in exactly one (date, model) group: the day's totals
-            day["spend"] += spend
-            day["request_count"] += int(row["n"])
-            day["models"][row["model"]] = spend
-        elif g == 0b101:
-            day["api_keys"][row["key_id"]] = spend
-        else:
-            day["users"][row["user_id"]] = spend
-    for day in days.values():
-        day["spend"] = money(day["spend"])
-    return list(days.values())
+# The summary's day: one object per date, folded in the store from rows of (group, day, name,
+# cost, calls), where group 0 are the day's models (every call is in exactly one: the day's
+# totals), 1 its keys and 2 its users. Written by the store as JSON, so a summary of hundreds of
+# thousands of (day, user) entries is never taken apart into Python objects.
+_SUMMARY_DAY = (
+    "SELECT toString(day) AS startTime, sumIf(cost, g = 0) AS spend, sumIf(calls, g = 0) AS request_count,"
+    " mapFromArrays(groupArrayIf(name, g = 0), groupArrayIf(cost, g = 0)) AS models,"
+    " mapFromArrays(groupArrayIf(name, g = 1), groupArrayIf(cost, g = 1)) AS api_keys,"
+    " mapFromArrays(groupArrayIf(name, g = 2), groupArrayIf(cost, g = 2)) AS users"
+    " FROM ({parts}) GROUP BY day ORDER BY day"
+)
+
+
+def _whole_days(r: Range) -> bool:
+    return r.start.timetz() == r.end.timetz() == time(tzinfo=timezone.utc)
+
+
+async def logs_by_date(store: Store, org_id: str, r: Range, *, key_id: str | None, user: str | None) -> bytes:
+    """Spend per date, and per model, key and user within each date, as a JSON array.
+
+    Unfiltered over whole days it reads rollups only: models and keys from ``spend_daily_by_key``,
+    users from ``usage_events``' per-user-and-day projection (migration 0007), so its cost follows
+    the size of the answer, not the number of calls. Filtered by key or user, or over part of a
+    day, it reads the calls themselves, grouped by (date, model), (date, key) and (date, user)
+    separately: grouping by all four at once returns a row per combination, which grows with
+    traffic far faster than the answer does."""
+    if key_id is None and not user and _whole_days(r):
+        days = "org_id = {org:String} AND NOT sandbox AND day BETWEEN {first:Date} AND {last:Date}"
+        parts = (
+            f"SELECT 0 AS g, day, toString(model) AS name, sum(total_cost) AS cost, sum(request_count) AS calls"
+            f" FROM spend_daily_by_key WHERE {days} GROUP BY day, model"
+            f" UNION ALL SELECT 1 AS g, day, key_id AS name, sum(total_cost) AS cost, sum(request_count) AS calls"
+            f" FROM spend_daily_by_key WHERE {days} GROUP BY day, key_id"
+            f" UNION ALL SELECT 2 AS g, toDate(started_at) AS day, user_id AS name, sum(total_cost) AS cost, count() AS calls"
+            f" FROM usage_events WHERE {days.replace('day BETWEEN', 'toDate(started_at) BETWEEN')}"
+            f" GROUP BY day, user_id"
+        )
+        params = {"org": org_id, "first": r.first_day, "last": r.last_day}
+    else:
+        where, params = _filters(org_id, r, None, key_id, user)
+        # grouping(): a bit per column (model, key_id, user_id), set where the row is NOT grouped by it
+        parts = (
+            "SELECT multiIf(g = 0b011, 0, g = 0b101, 1, 2) AS g, day, name, cost, calls FROM ("
+            " SELECT toDate(started_at) AS day, grouping(model, key_id, user_id) AS g,"
+            " multiIf(g = 0b011, toString(model), g = 0b101, key_id, user_id) AS name,"
+            f" sum(total_cost) AS cost, count() AS calls FROM usage_events WHERE {where}"
+            " GROUP BY GROUPING SETS ((day, model), (day, key_id), (day, user_id)))"
+        )
+    return await store.select_json(_SUMMARY_DAY.replace("{parts}", parts), params)
 
 
 async def tags(store: Store, org_id: str, r: Range) -> list[dict[str, Any]]:

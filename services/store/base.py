@@ -25,6 +25,15 @@ READ_SETTINGS: dict[str, Any] = {
     "output_format_json_quote_64bit_integers": 0,
     "output_format_json_named_tuples_as_objects": 1,
 }
+# Settings of a read whose JSON goes to a client as it is (``select_json``): one JSON array of
+# row objects, money as exact JSON numbers (the store prints a decimal's digits, without the
+# trailing zeros of its scale), as the query service's own encoder writes them.
+JSON_ARRAY_SETTINGS: dict[str, Any] = {
+    **READ_SETTINGS,
+    "output_format_json_quote_decimals": 0,
+    "output_format_decimal_trailing_zeros": 0,
+    "output_format_json_array_of_rows": 1,
+}
 # Settings every insert uses: dedup holds for the materialized views fed by the table too.
 INSERT_SETTINGS: dict[str, Any] = {
     "date_time_input_format": "best_effort",
@@ -42,6 +51,11 @@ class StoreError(RuntimeError):
 class Store(Protocol):
     async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a read and return its rows as dicts (decimals as exact strings)."""
+        ...
+
+    async def select_json(self, sql: str, params: Mapping[str, Any] | None = None) -> bytes:
+        """Run a read and return its rows as one JSON array of objects, money as exact numbers:
+        for answers too large to take apart into Python objects only to encode them again."""
         ...
 
     async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:

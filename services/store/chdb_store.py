@@ -18,6 +18,7 @@ import msgspec
 
 from services.store.base import (
     INSERT_SETTINGS,
+    JSON_ARRAY_SETTINGS,
     READ_SETTINGS,
     StoreError,
     bind_params_as_text,
@@ -34,6 +35,7 @@ class ChdbStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         self._conn = self._executor.submit(chdb.connect, str(path)).result()
         self._read_settings = settings_clause(READ_SETTINGS)
+        self._json_array_settings = settings_clause(JSON_ARRAY_SETTINGS)
         self._path = path
 
     @property
@@ -58,6 +60,12 @@ class ChdbStore:
 
     async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self._run(self._select_sync, sql, bind_params_as_text(params))
+
+    def _select_json_sync(self, sql: str, params: dict[str, str]) -> bytes:
+        return self._conn.query(f"{sql}\nSETTINGS {self._json_array_settings}", "JSONEachRow", params=params).bytes()
+
+    async def select_json(self, sql: str, params: Mapping[str, Any] | None = None) -> bytes:
+        return await self._run(self._select_json_sync, sql, bind_params_as_text(params))
 
     async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         await self._run(lambda: self._conn.query(sql, "CSV", params=bind_params_as_text(params)))

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from services.store.base import INSERT_SETTINGS, READ_SETTINGS, StoreError, encode_rows, plain_params
+from services.store.base import INSERT_SETTINGS, JSON_ARRAY_SETTINGS, READ_SETTINGS, StoreError, encode_rows, plain_params
 
 
 
@@ -49,6 +49,12 @@ class ClickHouseStore:
 
         data = await self._run(_go)
         return [msgspec.json.decode(line) for line in data.splitlines() if line]
+
+    async def select_json(self, sql: str, params: Mapping[str, Any] | None = None) -> bytes:
+        def _go() -> bytes:
+            return self._client.raw_query(sql, parameters=plain_params(params), settings=JSON_ARRAY_SETTINGS, fmt="JSONEachRow")
+
+        return await self._run(_go)
 
     async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         await self._run(lambda: self._client.command(sql, parameters=plain_params(params)))

@@ -1,12 +1,17 @@
 """Read paths of the query service over the real engine: keyset export batches, the billing
-page locator, a customer's calls paged through its rollup, and the reads the rollup projections
-answer."""
+page locator, a customer's calls paged through its rollup, the reads the rollup projections
+answer, and the spend log summary from rollups and from the calls."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
 
+from schemas.events import UsageEvent
 from services.pricer.catalog import Catalog
 from services.pricer.pricing import price
 from services.pricer.rows import to_row
@@ -76,13 +81,20 @@ async def test_aggregations_read_the_rollup_projections(store: ChdbStore) -> Non
     """The projections of migration 0006 answer the aggregation reads (EXPLAIN names the one read):
     a change to a query that makes it fall back to the full rollup shows here, not only at scale."""
     reads: list[str] = []
-    explain = store.select
+    explain, select_json = store.select, store.select_json
+
+    async def plan(sql: str, params: dict | None) -> None:
+        if "spend_daily_by_" in sql:
+            lines = await explain(f"EXPLAIN projections = 1 {sql}", params)
+            reads.extend(line for r in lines for line in r.values() if "ReadFromMergeTree" in str(line))
 
     async def spy(sql: str, params: dict | None = None) -> list[dict]:
-        if "spend_daily_by_" in sql:
-            plan = await explain(f"EXPLAIN projections = 1 {sql}", params)
-            reads.extend(line for r in plan for line in r.values() if "ReadFromMergeTree" in str(line))
+        await plan(sql, params)
         return await explain(sql, params)
+
+    async def spy_json(sql: str, params: dict | None = None) -> bytes:
+        await plan(sql, params)
+        return await select_json(sql, params)
 
     org = f"org-{uuid.uuid4().hex[:8]}"
     events = make_events(org, 5)
@@ -90,7 +102,7 @@ async def test_aggregations_read_the_rollup_projections(store: ChdbStore) -> Non
         e.customer_id, e.feature = "acme", "chat"
     await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
     w = Window(org, BASE.date(), BASE.date())
-    store.select = spy  # type: ignore[method-assign]
+    store.select, store.select_json = spy, spy_json  # type: ignore[method-assign]
     try:
         await aggregations.monthly(store, w)
         await aggregations.by_team(store, w)
@@ -103,9 +115,68 @@ async def test_aggregations_read_the_rollup_projections(store: ChdbStore) -> Non
         await analytics.features(store, w)
         await analytics.customer_by_feature(store, w)
     finally:
-        del store.select
+        del store.select, store.select_json
     rollup_reads = [r for r in reads if "spend_daily_by_" in r]
     assert rollup_reads == [], rollup_reads  # every read names a projection, none the rollup table itself
     assert any("by_team_model" in r for r in reads) and any("by_key_day" in r for r in reads)
     assert any("customer_first" in r for r in reads) and any("by_customer_day" in r for r in reads)
     assert any("by_feature_day" in r for r in reads) and any("by_customer_feature" in r for r in reads)
+
+
+async def test_the_spend_log_summary_reads_rollups_and_agrees_with_the_calls(store: ChdbStore) -> None:
+    """Over whole days without filters the summary is answered from spend_daily_by_key and the
+    per-user-and-day projection of migration 0007; filtered, or over part of a day, from the calls
+    themselves. Both must give exactly the spend of the calls, per day, model, key and user."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 60)
+    for i, e in enumerate(events):
+        e.started_at = BASE + timedelta(days=i % 3, hours=i % 5)
+        e.model = ("gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18")[i % 2]
+        e.key_id, e.user = f"key-{i % 4}", f"user-{i % 7}" if i % 6 else ""
+        e.sandbox = i == 11  # left out of every summary
+    priced = [price(e, Catalog()) for e in events]
+    await store.insert("usage_events", [to_row(p, 0, "t", 0, i) for i, p in enumerate(priced)])
+
+    def expected(keep: Callable[[UsageEvent], bool]) -> list[dict[str, Any]]:
+        days: dict[str, dict[str, Any]] = {}
+        for p in priced:
+            e = p.event
+            if e.sandbox or not keep(e):
+                continue
+            day = days.setdefault(e.started_at.date().isoformat(), {"spend": Decimal(0), "request_count": 0,
+                                                                       "models": {}, "api_keys": {}, "users": {}})
+            day["spend"] += p.cost.total
+            day["request_count"] += 1
+            for into, name in (("models", e.model), ("api_keys", e.key_id), ("users", e.user)):
+                day[into][name] = day[into].get(name, Decimal(0)) + p.cost.total
+        return [{"startTime": d, **v} for d, v in sorted(days.items())]
+
+    def decoded(body: bytes) -> list[dict[str, Any]]:
+        return json.loads(body, parse_float=Decimal)
+
+    whole = Range(BASE.replace(hour=0), BASE.replace(hour=0) + timedelta(days=3))
+    statements: list[tuple[str, dict | None]] = []
+    select_json = store.select_json
+
+    async def spy(sql: str, params: dict | None = None) -> bytes:
+        statements.append((sql, params))
+        return await select_json(sql, params)
+
+    store.select_json = spy  # type: ignore[method-assign]
+    try:
+        answer = decoded(await spend.logs_by_date(store, org, whole, key_id=None, user=None))
+    finally:
+        del store.select_json
+    assert answer == expected(lambda e: True) and len(answer) == 3 and answer[0]["users"][""] > 0
+    plan = await store.select("EXPLAIN projections = 1 " + statements[0][0], statements[0][1])
+    reads = " ".join(str(v) for r in plan for v in r.values())
+    assert "by_user_day" in reads and "default.usage_events" not in reads, reads
+
+    part = Range(BASE.replace(hour=2), BASE.replace(hour=0) + timedelta(days=3))  # from 02:00: the calls themselves
+    assert decoded(await spend.logs_by_date(store, org, part, key_id=None, user=None)) == \
+        expected(lambda e: e.started_at >= part.start)
+    assert decoded(await spend.logs_by_date(store, org, whole, key_id="key-1", user=None)) == \
+        expected(lambda e: e.key_id == "key-1")
+    assert decoded(await spend.logs_by_date(store, org, whole, key_id=None, user="user-3")) == \
+        expected(lambda e: e.user == "user-3")
+    assert await spend.logs_by_date(store, org, whole, key_id="-", user=None) == b"[\n\n]\n"
