@@ -137,8 +137,7 @@ class Pricer:
                         await self._with_retry(self._recover_once, retry=True)
                 records = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms())
                 for tp, messages in records.items():
-                    for m in messages:
-                        self._accept(tp.partition, m.offset, m.key, m.value)
+                    self._accept(tp.partition, messages)
                 if self._due():
                     async with self._flush_lock:
                         if self._due():  # the revoke listener may have flushed or dropped it meanwhile
@@ -236,20 +235,25 @@ class Pricer:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _accept(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
-        """Decode one message into the pending batch. Non-blocking. Raises when the poison
-        breaker trips."""
-        decoded = decode(value)
-        poison = isinstance(decoded, Poison)
-        self._breaker.record(poison)
-        if isinstance(decoded, Poison):
-            self._pending.poison.append((partition, offset, key, value, decoded.reason))
-        else:
-            self._pending.events.setdefault(partition, []).append((offset, decoded))
-        self._pending.last_offset[partition] = offset
-        self._pending.count += 1
-        if self._pending.opened_at is None:
-            self._pending.opened_at = time.monotonic()
+    def _accept(self, partition: int, messages: list[Any]) -> None:
+        """Decode one partition's messages (in offset order) into the pending batch. Non-blocking.
+        Raises when the poison breaker trips. Per message this is the pricer's hottest loop."""
+        if not messages:
+            return
+        pending, breaker = self._pending, self._breaker
+        events = pending.events.setdefault(partition, [])
+        for m in messages:
+            decoded = decode(m.value)
+            if isinstance(decoded, Poison):
+                breaker.record(True)
+                pending.poison.append((partition, m.offset, m.key, m.value, decoded.reason))
+            else:
+                breaker.record(False)
+                events.append((m.offset, decoded))
+            pending.last_offset[partition] = m.offset
+            pending.count += 1
+        if pending.opened_at is None:
+            pending.opened_at = time.monotonic()
 
     def _due(self) -> bool:
         p = self._pending

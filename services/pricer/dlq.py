@@ -18,6 +18,9 @@ class PoisonBreaker:
         self._max_ratio = max_ratio
 
     def record(self, poison: bool) -> None:
+        if not poison and not self._poison:
+            self._flags.append(False)  # no poison in the window: nothing to count, it cannot trip
+            return
         if len(self._flags) == self._flags.maxlen and self._flags[0]:
             self._poison -= 1
         self._flags.append(poison)

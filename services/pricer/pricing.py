@@ -58,6 +58,8 @@ class PricedEvent(msgspec.Struct, frozen=True, gc=False):
 
 
 def _part(tokens: int, per_token: Decimal, exact: bool) -> Decimal:
+    if not tokens:
+        return ZERO  # most calls use no cache writes, many no cache reads: no product to make
     # The product is exact: at most 1e8 tokens (usage_problem) times a price of a few significant
     # digits stays far inside the default context's 28 digits. Rounded half-even to the 12
     # decimals the store keeps; a price with at most 12 decimals per token (every published
@@ -68,6 +70,11 @@ def _part(tokens: int, per_token: Decimal, exact: bool) -> Decimal:
 
 def usage_problem(event: UsageEvent) -> str | None:
     """Why the event's token counts cannot be true, or None when they can."""
+    read, write, inp, out, reasoning = (event.cache_read_tokens, event.cache_write_tokens, event.input_tokens,
+                                        event.output_tokens, event.reasoning_tokens)
+    # every call of real traffic passes this one chained comparison; the reasons are found below
+    if 0 <= read and 0 <= write and read + write <= inp <= MAX_TOKENS_PER_CALL and 0 <= reasoning <= out <= MAX_TOKENS_PER_CALL:
+        return None
     counts = (
         event.input_tokens,
         event.output_tokens,

@@ -43,9 +43,7 @@ class PartitionBatch:
     def dedup_token(self) -> str:
         # The digest of the event ids keeps tokens unique when a topic is recreated and its
         # offsets start again from zero (the embedded broker keeps topics in memory only).
-        digest = hashlib.blake2b(digest_size=8)
-        for row in self.rows:
-            digest.update(row.event_id.encode())
+        digest = hashlib.blake2b("".join([row.event_id for row in self.rows]).encode(), digest_size=8)
         return f"{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}:{digest.hexdigest()}"
 
 

@@ -85,8 +85,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (list, tuple)):
+        if _all_str(value):
+            return list(value)  # a batch's thousands of ids: nothing to convert
         return [_plain(v) for v in value]
     return value
+
+
+def _all_str(values: list[Any] | tuple[Any, ...]) -> bool:
+    try:
+        "".join(values)  # one pass in C; a non-str element raises
+    except TypeError:
+        return False
+    return True
 
 
 def plain_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -95,14 +105,16 @@ def plain_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # Strings that need no escaping inside a quoted literal: ids, UUIDs, names of things.
-_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.:\-]*")
+# Strings joined by commas, none needing escaping.
+_PLAIN_TEXT_LIST = re.compile(r"[A-Za-z0-9_.:,\-]*")
 
 
 def _bind_text(value: Any) -> str:
     # A batch's ids are bound as one array of thousands of strings; the generic formatter escapes
-    # them character by character, which is most of a flush's CPU. Plain strings skip that.
-    if isinstance(value, list) and value and all(isinstance(v, str) and _PLAIN_TEXT.fullmatch(v) for v in value):
-        return "[" + ",".join(f"'{v}'" for v in value) + "]"
+    # them character by character, which is most of a flush's CPU. Plain strings skip that,
+    # checked all at once: a comma inside one is harmless, it is quoted with the rest of it.
+    if isinstance(value, list) and value and _all_str(value) and _PLAIN_TEXT_LIST.fullmatch(",".join(value)):
+        return "['" + "','".join(value) + "']"
     return format_bind_value(value)
 
 
