@@ -4,6 +4,7 @@ as on the developer machines and CI of this project, where chDB stands in for th
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -54,4 +55,10 @@ async def test_migrations_and_dedup_hold_on_a_server(server_url: str) -> None:
         "SELECT sum(request_count) AS n, sum(total_cost) AS c FROM spend_daily_by_key WHERE org_id = {o:String}", {"o": org}
     )
     assert rows == [{"n": 1, "c": "0.000000000001"}]
+    # the same read as a JSON array written by the server: money as exact numbers, no trailing zeros
+    body = await store.select_json(
+        "SELECT sum(request_count) AS n, sum(total_cost) AS c FROM spend_daily_by_key WHERE org_id = {o:String}", {"o": org}
+    )
+    assert json.loads(body, parse_float=Decimal) == [{"n": 1, "c": Decimal("0.000000000001")}]
+    assert b'"c":0.000000000001}' in body
     await store.close()

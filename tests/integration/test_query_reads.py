@@ -180,3 +180,13 @@ async def test_the_spend_log_summary_reads_rollups_and_agrees_with_the_calls(sto
     assert decoded(await spend.logs_by_date(store, org, whole, key_id=None, user="user-3")) == \
         expected(lambda e: e.user == "user-3")
     assert await spend.logs_by_date(store, org, whole, key_id="-", user=None) == b"[\n\n]\n"
+
+
+async def test_select_json_writes_exact_money_as_numbers(store: ChdbStore) -> None:
+    """The store's own JSON, sent to clients as it is, must read as the query service's encoder
+    writes money: exact numbers, no trailing zeros of the storage scale, 64-bit counts as numbers."""
+    body = await store.select_json(
+        "SELECT toDecimal128('0.007250000000', 12) AS cost, toDecimal128('5', 12) AS whole, toUInt64(18446744073709551615) AS n,"
+        " map('gpt-4o', toDecimal128('1.5', 12)) AS models")
+    assert body.replace(b"\n", b"") == b'[{"cost":0.00725,"whole":5,"n":18446744073709551615,"models":{"gpt-4o":1.5}}]'
+    assert json.loads(await store.select_json("SELECT 1 AS x WHERE 0")) == []
