@@ -101,22 +101,19 @@ def _whole_days(r: Range) -> bool:
 async def logs_by_date(store: Store, org_id: str, r: Range, *, key_id: str | None, user: str | None) -> bytes:
     """Spend per date, and per model, key and user within each date, as a JSON array.
 
-    Unfiltered over whole days it reads rollups only: models and keys from ``spend_daily_by_key``,
-    users from ``usage_events``' per-user-and-day projection (migration 0007), so its cost follows
-    the size of the answer, not the number of calls. Filtered by key or user, or over part of a
-    day, it reads the calls themselves, grouped by (date, model), (date, key) and (date, user)
-    separately: grouping by all four at once returns a row per combination, which grows with
-    traffic far faster than the answer does."""
+    Unfiltered over whole days it reads the per-day projections of ``usage_events`` (migration
+    0007), so its cost follows the size of the answer, not the number of calls. Filtered by key or
+    user, or over part of a day, it reads the calls themselves, grouped by (date, model), (date,
+    key) and (date, user) separately: grouping by all four at once returns a row per combination,
+    which grows with traffic far faster than the answer does. Both read ``usage_events``, so a
+    day's spend is always the sum of its models, of its keys and of its users."""
     if key_id is None and not user and _whole_days(r):
-        days = "org_id = {org:String} AND NOT sandbox AND day BETWEEN {first:Date} AND {last:Date}"
-        parts = (
-            f"SELECT 0 AS g, day, toString(model) AS name, sum(total_cost) AS cost, sum(request_count) AS calls"
-            f" FROM spend_daily_by_key WHERE {days} GROUP BY day, model"
-            f" UNION ALL SELECT 1 AS g, day, key_id AS name, sum(total_cost) AS cost, sum(request_count) AS calls"
-            f" FROM spend_daily_by_key WHERE {days} GROUP BY day, key_id"
-            f" UNION ALL SELECT 2 AS g, toDate(started_at) AS day, user_id AS name, sum(total_cost) AS cost, count() AS calls"
-            f" FROM usage_events WHERE {days.replace('day BETWEEN', 'toDate(started_at) BETWEEN')}"
-            f" GROUP BY day, user_id"
+        days = "org_id = {org:String} AND NOT sandbox AND toDate(started_at) BETWEEN {first:Date} AND {last:Date}"
+        # one statement per projection: ClickHouse matches a projection to a plain GROUP BY only
+        parts = " UNION ALL ".join(
+            f"SELECT {g} AS g, toDate(started_at) AS day, toString({column}) AS name, sum(total_cost) AS cost,"
+            f" count() AS calls FROM usage_events WHERE {days} GROUP BY day, {column}"
+            for g, column in enumerate(("model", "key_id", "user_id"))
         )
         params = {"org": org_id, "first": r.first_day, "last": r.last_day}
     else:
