@@ -66,6 +66,15 @@ async def totals(store: ChdbStore, org: str) -> dict[str, Decimal | int]:
     }
 
 
+async def assert_each_stored_once(store: ChdbStore, org: str, events: list[UsageEvent]) -> None:
+    """Every event in usage_events once, at its exact cost, and in the key and prompt rollups."""
+    t = await totals(store, org)
+    n, cost = len(events), expected_total(events)
+    assert t["raw_rows"] == n and t["raw_ids"] == n and t["raw_cost"] == cost
+    assert t["key_rollup_rows"] == n and t["key_rollup_cost"] == cost
+    assert t["prompt_rollup_rows"] == sum(1 for e in events if e.prompt_key)
+
+
 async def produce(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -> dict[int, int]:
     """Returns the end offset per partition."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -153,11 +162,7 @@ async def test_crash_between_insert_and_commit_is_not_counted_twice(store: ChdbS
 
     await run_until_committed(pricer_for(store, broker, topic, batch=64), ends)
 
-    t = await totals(store, org)
-    cost = expected_total(events)
-    assert t["raw_rows"] == 500 and t["raw_ids"] == 500 and t["raw_cost"] == cost
-    assert t["key_rollup_rows"] == 500 and t["key_rollup_cost"] == cost
-    assert t["prompt_rollup_rows"] == 250
+    await assert_each_stored_once(store, org, events)
 
 
 async def cut_insert(store: ChdbStore, topic: str, partition: int, events: list[UsageEvent]) -> PartitionBatch:
@@ -187,11 +192,7 @@ async def test_an_insert_cut_short_between_table_and_rollups_is_completed(store:
 
     await run_until_committed(pricer_for(store, broker, topic), ends)
 
-    t = await totals(store, org)
-    cost = expected_total(events)
-    assert t["raw_rows"] == 50 and t["raw_cost"] == cost
-    assert t["key_rollup_rows"] == 50 and t["key_rollup_cost"] == cost
-    assert t["prompt_rollup_rows"] == 25
+    await assert_each_stored_once(store, org, events)
 
 
 class HeldReplays:
@@ -248,11 +249,7 @@ async def test_a_pricer_that_dies_while_recovering_leaves_the_recovery_to_the_ne
     await asyncio.wait_for(dying.close(), 30)
 
     await run_until_committed(pricer_for(store, broker, topic), ends)
-    t = await totals(store, org)
-    cost = expected_total(events)
-    assert t["raw_rows"] == 50 and t["raw_cost"] == cost
-    assert t["key_rollup_rows"] == 50 and t["key_rollup_cost"] == cost
-    assert t["prompt_rollup_rows"] == 25
+    await assert_each_stored_once(store, org, events)
 
 
 async def test_an_insert_that_failed_half_applied_is_retried_whole(store: ChdbStore, broker: EmbeddedBroker) -> None:
@@ -277,10 +274,7 @@ async def test_an_insert_that_failed_half_applied_is_retried_whole(store: ChdbSt
         finally:
             await store.execute("ALTER TABLE spend_daily_by_key DROP CONSTRAINT fault")
         await await_until(lambda: _done(pricer, ends, task), timeout_s=30, what="the retried insert committed")
-    t = await totals(store, org)
-    cost = expected_total(events)
-    assert t["raw_rows"] == 40 and t["key_rollup_rows"] == 40 and t["key_rollup_cost"] == cost
-    assert t["prompt_rollup_rows"] == 20
+    await assert_each_stored_once(store, org, events)
 
 
 async def test_an_event_published_twice_is_stored_once(store: ChdbStore, broker: EmbeddedBroker) -> None:
