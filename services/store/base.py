@@ -104,8 +104,8 @@ def plain_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: _plain(v) for k, v in (params or {}).items()}
 
 
-# Strings that need no escaping inside a quoted literal: ids, UUIDs, names of things.
-# Strings joined by commas, none needing escaping.
+# Strings that need no escaping inside a quoted literal (ids, UUIDs, names of things), joined
+# by commas.
 _PLAIN_TEXT_LIST = re.compile(r"[A-Za-z0-9_.:,\-]*")
 
 
@@ -113,8 +113,13 @@ def _bind_text(value: Any) -> str:
     # A batch's ids are bound as one array of thousands of strings; the generic formatter escapes
     # them character by character, which is most of a flush's CPU. Plain strings skip that,
     # checked all at once: a comma inside one is harmless, it is quoted with the rest of it.
-    if isinstance(value, list) and value and _all_str(value) and _PLAIN_TEXT_LIST.fullmatch(",".join(value)):
-        return "['" + "','".join(value) + "']"
+    if isinstance(value, list) and value:
+        try:
+            joined = ",".join(value)  # a list with any non-str element raises
+        except TypeError:
+            joined = None
+        if joined is not None and _PLAIN_TEXT_LIST.fullmatch(joined):
+            return "['" + "','".join(value) + "']"
     return format_bind_value(value)
 
 

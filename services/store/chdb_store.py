@@ -51,21 +51,18 @@ class ChdbStore:
         except Exception as exc:  # chDB raises RuntimeError/ChdbError with ClickHouse's message
             raise StoreError(str(exc).strip()) from exc
 
+    def _json_sync(self, sql: str, settings: str, params: dict[str, str]) -> bytes:
+        return self._conn.query(f"{sql}\nSETTINGS {settings}", "JSONEachRow", params=params).bytes()
+
     def _select_sync(self, sql: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        result = self._conn.query(f"{sql}\nSETTINGS {self._read_settings}", "JSONEachRow", params=params)
-        data = result.bytes()
-        if not data:
-            return []
+        data = self._json_sync(sql, self._read_settings, params)
         return [msgspec.json.decode(line) for line in data.splitlines() if line]
 
     async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self._run(self._select_sync, sql, bind_params_as_text(params))
 
-    def _select_json_sync(self, sql: str, params: dict[str, str]) -> bytes:
-        return self._conn.query(f"{sql}\nSETTINGS {self._json_array_settings}", "JSONEachRow", params=params).bytes()
-
     async def select_json(self, sql: str, params: Mapping[str, Any] | None = None) -> bytes:
-        return await self._run(self._select_json_sync, sql, bind_params_as_text(params))
+        return await self._run(self._json_sync, sql, self._json_array_settings, bind_params_as_text(params))
 
     async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         await self._run(lambda: self._conn.query(sql, "CSV", params=bind_params_as_text(params)))
