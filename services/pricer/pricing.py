@@ -75,20 +75,14 @@ def usage_problem(event: UsageEvent) -> str | None:
     # every call of real traffic passes this one chained comparison; the reasons are found below
     if 0 <= read and 0 <= write and read + write <= inp <= MAX_TOKENS_PER_CALL and 0 <= reasoning <= out <= MAX_TOKENS_PER_CALL:
         return None
-    counts = (
-        event.input_tokens,
-        event.output_tokens,
-        event.cache_read_tokens,
-        event.cache_write_tokens,
-        event.reasoning_tokens,
-    )
+    counts = (inp, out, read, write, reasoning)
     if min(counts) < 0:
         return "negative token count"
     if max(counts) > MAX_TOKENS_PER_CALL:
         return "token count above the per-call limit"
-    if event.cache_read_tokens + event.cache_write_tokens > event.input_tokens:
+    if read + write > inp:
         return "cache tokens exceed input tokens"
-    if event.reasoning_tokens > event.output_tokens:
+    if reasoning > out:
         return "reasoning tokens exceed output tokens"
     return None
 
