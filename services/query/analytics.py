@@ -12,7 +12,7 @@ from services.query.aggregations import Window, money
 from services.query.billing import locate
 from services.query.keys import mask
 from services.query.params import Range
-from services.query.spend import LOG_COLUMNS
+from services.query.spend import LOG_COLUMNS, NEWEST_FIRST
 from services.store import Store
 
 _FILTER = (
@@ -99,7 +99,7 @@ async def customer_calls(store: Store, org_id: str, first: date, last: date, cus
     rows = await store.select(
         f"SELECT {LOG_COLUMNS} FROM usage_events WHERE org_id = {{org:String}}"
         " AND started_at >= {lo:DateTime64(3, 'UTC')} AND started_at < {hi:DateTime64(3, 'UTC')}"
-        " AND customer_id = {customer:String} AND NOT sandbox ORDER BY started_at DESC, event_id"
+        f" AND customer_id = {{customer:String}} AND NOT sandbox ORDER BY {NEWEST_FIRST}"
         " LIMIT {limit:UInt32} OFFSET {skip:UInt64}",
         {"org": org_id, "customer": customer_id, "lo": _midnight(oldest[0] if oldest else first),
          "hi": _midnight(day) + timedelta(days=1), "limit": limit, "skip": skip})

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from services.query.aggregations import money
 from services.query.params import Range
+from services.query.spend import call_order
 from services.store import Store
 
 # One tuple per kind of token, in the order items of a call are listed.
@@ -108,7 +109,7 @@ async def page(store: Store, p: Page) -> tuple[list[dict[str, Any]], int]:
         f" FROM usage_events ARRAY JOIN {_ITEMS} AS item, arrayEnumerate({_ITEMS}) AS n"
         f" WHERE org_id = {{org:String}} AND NOT sandbox"
         f" AND started_at >= {{lo:DateTime64(3, 'UTC')}} AND started_at < {{hi:DateTime64(3, 'UTC')}}"
-        f" ORDER BY started_at {direction}, event_id {direction}, n ASC"
+        f" ORDER BY {call_order(direction)}, n ASC"
         f" LIMIT {{limit:UInt32}} OFFSET {{skip:UInt64}}",
         {"org": p.org_id, "lo": lo, "hi": hi, "limit": p.limit, "skip": skip},
     )

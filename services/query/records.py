@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.query.aggregations import money
+from services.query.spend import NEWEST_FIRST
 from services.store import Store
 
 
@@ -26,7 +27,7 @@ async def records(store: Store, org_id: str, *, account_id: str | None, model_id
         " AND ({account:String} = '' OR customer_id = {account:String})"
         " AND ({model:String} = '' OR model = {model:String})"
         " AND ({context:String} = '' OR has(tags, concat('context:', {context:String})))"
-        " ORDER BY started_at DESC, event_id LIMIT {limit:UInt32}",
+        f" ORDER BY {NEWEST_FIRST} LIMIT {{limit:UInt32}}",
         {"org": org_id, "account": account_id or "", "model": model_id or "", "context": context or "", "limit": limit},
     )
     return [

@@ -15,7 +15,7 @@ from schemas.events import UsageEvent
 from services.pricer.catalog import Catalog
 from services.pricer.pricing import price
 from services.pricer.rows import to_row
-from services.query import aggregations, analytics, billing, spend
+from services.query import aggregations, analytics, billing, records, spend
 from services.query.aggregations import Window
 from services.query.billing import locate
 from services.query.params import Range
@@ -59,7 +59,7 @@ async def test_a_customers_calls_are_paged_through_the_days_they_fall_on(store: 
     first, last = BASE.date(), BASE.date() + timedelta(days=8)
     newest_first = (await store.select(
         "SELECT toString(event_id) AS id FROM usage_events WHERE org_id = {o:String} AND customer_id = 'acme'"
-        " AND NOT sandbox ORDER BY started_at DESC, toString(event_id)", {"o": org}))
+        " AND NOT sandbox ORDER BY started_at DESC, event_id DESC", {"o": org}))  # ties: newest id (UUID) first
     expected = [r["id"] for r in newest_first]
     assert len(expected) == 31
     for limit in (1, 3, 7, 50):
@@ -75,6 +75,43 @@ async def test_a_customers_calls_are_paged_through_the_days_they_fall_on(store: 
     rows, total = await analytics.customer_calls(store, org, first + timedelta(days=7), last, "acme", 50, 1)
     assert total == len(rows) and {r["event_id"] for r in rows} <= set(expected) and rows
     assert await analytics.customer_calls(store, org, first, last, "nobody", 10, 1) == ([], 0)
+
+
+async def test_pages_of_calls_are_read_in_primary_key_order(store: ChdbStore) -> None:
+    """Every page of calls (spend logs, a customer's calls, usage records, billing line items both
+    ways) is read in the table's order and stops when the page is full: in the plan, the whole
+    ORDER BY is the prefix read in order and nothing is sorted after it. A tie broken by the
+    string id, or in the other direction, sorts every call in the range first."""
+    plans: list[tuple[str, str]] = []
+    select = store.select
+
+    async def spy(sql: str, params: dict | None = None) -> list[dict]:
+        if "FROM usage_events" in sql and "ORDER BY" in sql:
+            lines = [str(v) for r in await select(f"EXPLAIN actions = 1 {sql}", params) for v in r.values()]
+            sort = {k: line.split(":", 1)[1].strip() for line in lines for k in ("Prefix", "Result")
+                    if f"{k} sort description:" in line}
+            plans.append((sort.get("Prefix", ""), sort.get("Result", "")))
+        return await select(sql, params)
+
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 6)
+    for e in events:
+        e.customer_id, e.route = "acme", "usage/record"
+    await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
+    day = Range(BASE - timedelta(days=1), BASE + timedelta(days=1))
+    store.select = spy  # type: ignore[method-assign]
+    try:
+        await spend.logs(store, org, day, request_id=None, key_id=None, user=None, limit=10)
+        await analytics.customer_calls(store, org, day.first_day, day.last_day, "acme", 10, 1)
+        await records.records(store, org, account_id=None, model_id=None, context=None, limit=10)
+        for order in ("asc", "desc"):
+            await billing.page(store, billing.Page(org, day, 1, 10, order))  # type: ignore[arg-type]
+    finally:
+        store.select = select  # type: ignore[method-assign]
+    assert len(plans) == 5
+    for prefix, result in plans:  # billing then orders a call's few line items after the prefix
+        assert prefix in ("started_at ASC, event_id ASC", "started_at DESC, event_id DESC"), (prefix, result)
+        assert result.startswith(prefix)
 
 
 async def test_aggregations_read_the_rollup_projections(store: ChdbStore) -> None:
