@@ -1,7 +1,8 @@
 """Query latency at scale (issue 5): p50/p95 of every aggregation endpoint over HTTP at two sizes.
 
-One organisation in a fresh chDB directory, grown in two steps (1M, then 9M more to 10M events;
---quick: 20k, then to 200k), each step by a loader process:
+One organisation in a fresh chDB directory, grown to the small size (1M events; --quick: 20k),
+then copied and the copy grown to the large size (9M more, to 10M; --quick: to 200k), each step
+by a loader process:
   control plane  50 teams, 500 keys, 200 prompts with 1-3 versions, 1,000 customers (--quick: a
                  fifth of each), made by the product's own control-plane functions (first step)
   events         priced rows spread over the last 90 days, each batch in time order as a pricer
@@ -9,10 +10,12 @@ One organisation in a fresh chDB directory, grown in two steps (1M, then 9M more
                  PricedEvent (costs from the real price catalog) -> rows.to_row -> the store's
                  row encoder, and inserted with the store's insert (JSONEachRow, the sink's
                  insert settings, a deduplication token), so every rollup and projection fires
-after each step the real query service (``meterline query``) is started on the directory and
-every aggregation endpoint is timed over HTTP (30- and 90-day windows): warm-up, then sequential
-requests in rounds. Reported: p50/p95 per endpoint and size, the large/small ratio, and which
-miss the targets (p95 <= 50 ms at the large size, ratio <= 1.5).
+Then the real query service (``meterline query``) is started on each directory, both at once,
+and every aggregation endpoint is timed over HTTP (30- and 90-day windows): warm-up, then
+sequential requests in rounds, each endpoint asked of both sizes back to back, so the two are
+measured side by side and their ratio holds on a noisy machine. Reported: p50/p95 per endpoint
+and size, the large/small ratio, and which miss the targets (p95 <= 50 ms at the large size,
+ratio <= 1.5).
 
 Loader and server are separate processes because one chDB directory belongs to one process;
 the process running this script never opens a store.
@@ -31,6 +34,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -403,30 +407,44 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def measure(url: str, info: dict[str, Any], requests: int, budget_s: float) -> dict[str, Any]:
-    """Sequential requests in rounds, each round asking every endpoint once: a burst of load
-    from elsewhere on the machine then spreads over all endpoints instead of landing on one.
-    An endpoint that has used up its time budget drops out of later rounds (5 requests at least)."""
-    todo = endpoints(info)
-    times: dict[str, list[float]] = {name: [] for name, _, _ in todo}
-    spent = dict.fromkeys(times, 0.0)
-    size: dict[str, int] = {}
-    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {info['admin_key']}"}, timeout=120) as client:
+def measure(sizes: dict[str, tuple[str, dict[str, Any]]], requests: int, budget_s: float) -> dict[str, dict[str, Any]]:
+    """Sequential requests in rounds against every size's ``meterline query`` at once (``sizes``:
+    URL and load info by size). A round asks each endpoint of every size, the sizes' requests
+    back to back and which size goes first alternating by round: the sizes are measured side by
+    side, so a slow spell of this shared machine lands on both and their ratio holds. Within a
+    round the endpoints follow one another, so a burst of load from elsewhere spreads over all of
+    them instead of landing on one. An endpoint whose requests (all sizes together) have used up
+    ``budget_s`` per size drops out of later rounds (5 requests at least)."""
+    todo = {size: endpoints(info) for size, (_, info) in sizes.items()}
+    names = [name for name, _, _ in next(iter(todo.values()))]
+    times: dict[str, dict[str, list[float]]] = {size: {name: [] for name in names} for size in sizes}
+    nbytes: dict[str, dict[str, int]] = {size: {} for size in sizes}
+    spent = dict.fromkeys(names, 0.0)
+    clients = {size: httpx.Client(base_url=url, headers={"authorization": f"Bearer {info['admin_key']}"}, timeout=120)
+               for size, (url, info) in sizes.items()}
+    try:
         for k in range(WARMUP + requests):
-            for name, path, params in todo:
-                if k > WARMUP + 4 and spent[name] > budget_s:
+            order = list(sizes) if k % 2 == 0 else list(sizes)[::-1]
+            for i, name in enumerate(names):
+                if k > WARMUP + 4 and spent[name] > budget_s * len(sizes):
                     continue
-                t = time.perf_counter()
-                r = client.get(path, params=params)
-                elapsed = time.perf_counter() - t
-                if r.status_code != 200:
-                    raise RuntimeError(f"{path} {params}: {r.status_code} {r.text[:300]}")
-                size[name] = len(r.content)
-                spent[name] += elapsed
-                if k >= WARMUP:
-                    times[name].append(elapsed * 1000)
-    return {name: {"p50_ms": round(_pct(ts, 0.5), 1), "p95_ms": round(_pct(ts, 0.95), 1), "requests": len(ts),
-                   "response_bytes": size[name]} for name, ts in times.items()}
+                for size in order:
+                    _, path, params = todo[size][i]
+                    t = time.perf_counter()
+                    r = clients[size].get(path, params=params)
+                    elapsed = time.perf_counter() - t
+                    if r.status_code != 200:
+                        raise RuntimeError(f"{path} {params} at {size} events: {r.status_code} {r.text[:300]}")
+                    nbytes[size][name] = len(r.content)
+                    spent[name] += elapsed
+                    if k >= WARMUP:
+                        times[size][name].append(elapsed * 1000)
+    finally:
+        for client in clients.values():
+            client.close()
+    return {size: {name: {"p50_ms": round(_pct(ts, 0.5), 1), "p95_ms": round(_pct(ts, 0.95), 1), "requests": len(ts),
+                          "response_bytes": nbytes[size][name]} for name, ts in by_name.items()}
+            for size, by_name in times.items()}
 
 
 class QueryServer:
@@ -468,9 +486,8 @@ class QueryServer:
         self._log.close()
 
 
-def grow_and_measure(work: Path, target: int, quick: bool) -> dict[str, Any]:
-    """Bring the organisation to ``target`` events (a loader process), then measure every
-    endpoint against ``meterline query`` on the same directory."""
+def grow(work: Path, target: int, quick: bool) -> dict[str, Any]:
+    """Bring the organisation in ``work`` to ``target`` events (a loader process)."""
     data, org_file = work / "clickhouse", work / "org.json"
     t = time.perf_counter()
     loader = subprocess.run(
@@ -480,32 +497,43 @@ def grow_and_measure(work: Path, target: int, quick: bool) -> dict[str, Any]:
         raise RuntimeError(f"loading to {target:,} events failed:\n{loader.stderr[-3000:]}")
     info = json.loads(loader.stdout.strip().splitlines()[-1])
     assert info["events"] == target, (info["events"], target)
-    org = json.loads(org_file.read_text())
     info["loader_process_s"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
-    server = QueryServer(data, work / f"query-{target}.log")
-    try:
-        server.wait_ready()
-        info["server_start_s"] = round(time.perf_counter() - t, 1)
-        t = time.perf_counter()
-        info["endpoints"] = measure(server.url, {**info, "admin_key": org["admin_key"]}, REQUESTS[quick], BUDGET_S[quick])
-        info["measure_s"] = round(time.perf_counter() - t, 1)
-    finally:
-        server.stop()
     return info
 
 
 def run(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, Any]:
     small, large = sizes or SIZES[quick]
     with tempfile.TemporaryDirectory(prefix="meterline-bench-queries-") as tmp:
-        # one organisation grown from the small size to the large one: the large figures are
-        # those of a table holding the large number of events, over the same control plane
-        measured = {str(n): grow_and_measure(Path(tmp), n, quick) for n in (small, large)}
+        # One organisation grown from the small size to the large one, in a copy: the large
+        # figures are those of a table holding the large number of events, over the same control
+        # plane, and both stay on disk to be measured side by side.
+        dirs = {str(small): Path(tmp) / "small", str(large): Path(tmp) / "large"}
+        dirs[str(small)].mkdir()
+        infos = {str(small): grow(dirs[str(small)], small, quick)}
+        shutil.copytree(dirs[str(small)], dirs[str(large)], symlinks=True)  # chDB's links are relative
+        infos[str(large)] = grow(dirs[str(large)], large, quick)
+        servers: dict[str, QueryServer] = {}
+        try:
+            for size, work in dirs.items():
+                t = time.perf_counter()
+                servers[size] = QueryServer(work / "clickhouse", work / "query.log")
+                servers[size].wait_ready()
+                infos[size]["server_start_s"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            admin_key = json.loads((dirs[str(small)] / "org.json").read_text())["admin_key"]
+            measured = measure({size: (servers[size].url, {**infos[size], "admin_key": admin_key}) for size in dirs},
+                               REQUESTS[quick], BUDGET_S[quick])
+            for size in dirs:
+                infos[size]["endpoints"] = measured[size]
+                infos[size]["measure_s"] = round(time.perf_counter() - t, 1)  # both sizes together
+        finally:
+            for server in servers.values():
+                server.stop()
     return assess({
         "quick": quick, "small": small, "large": large,
         "dimensions": {**DIMENSIONS[quick], "days": DAYS, "features": FEATURES, "users_per_customer": USERS_PER_CUSTOMER},
         "targets": {"p95_ms_at_large": P95_TARGET_MS, "large_over_small_p50": RATIO_TARGET},
-        "sizes": measured,
+        "sizes": infos,
     })
 
 
