@@ -10,6 +10,7 @@ formatting, so no value can change a query's meaning.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
@@ -136,6 +137,24 @@ def encode_rows(rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes) -> b
     if isinstance(rows, (bytes, bytearray)):
         return bytes(rows)
     return _row_encoder.encode_lines(rows)
+
+
+ENCODE_CHUNK = 2_000  # rows: about 5 ms of encoding
+
+
+async def encode_rows_in_turns(rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes) -> bytes:
+    """``encode_rows``, ``ENCODE_CHUNK`` rows at a time with a turn of the event loop between:
+    a pricer's batch of 20k rows encoded at once holds the loop for about 50 ms, and in
+    ``meterline up`` the gateway and the query service share that loop. JSONEachRow is one line
+    per row, so the chunks' bytes joined are the batch's."""
+    if isinstance(rows, (bytes, bytearray)) or len(rows) <= ENCODE_CHUNK:
+        return encode_rows(rows)
+    chunks = []
+    for start in range(0, len(rows), ENCODE_CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        chunks.append(_row_encoder.encode_lines(rows[start:start + ENCODE_CHUNK]))
+    return b"".join(chunks)
 
 
 def settings_clause(settings: Mapping[str, Any]) -> str:

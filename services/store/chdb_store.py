@@ -22,7 +22,7 @@ from services.store.base import (
     READ_SETTINGS,
     StoreError,
     bind_params_as_text,
-    encode_rows,
+    encode_rows_in_turns,
     settings_clause,
 )
 
@@ -79,7 +79,7 @@ class ChdbStore:
     ) -> None:
         if not _TABLE_NAME.match(table):
             raise StoreError(f"invalid table name {table!r}")
-        payload = encode_rows(rows)
+        payload = await encode_rows_in_turns(rows)
         if not payload:
             return
         await self._run(self._insert_sync, table, payload, dedup_token)

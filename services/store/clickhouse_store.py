@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from services.store.base import INSERT_SETTINGS, JSON_ARRAY_SETTINGS, READ_SETTINGS, StoreError, encode_rows, plain_params
+from services.store.base import INSERT_SETTINGS, JSON_ARRAY_SETTINGS, READ_SETTINGS, StoreError, encode_rows_in_turns, plain_params
 
 
 
@@ -62,7 +62,7 @@ class ClickHouseStore:
     async def insert(
         self, table: str, rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes, *, dedup_token: str | None = None
     ) -> None:
-        payload = encode_rows(rows)
+        payload = await encode_rows_in_turns(rows)
         if not payload:
             return
         settings = dict(INSERT_SETTINGS)
