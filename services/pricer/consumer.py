@@ -17,7 +17,11 @@ Promises:
   meanwhile would move the committed offset past a recorded insert that was never completed,
   hiding it from every later owner;
 - one flush at a time: the consume loop and the revoke listener (aiokafka's coordinator task)
-  share a lock, and the listener skips its flush when the loop holds it.
+  share a lock, and the listener skips its flush when the loop holds it;
+- the event loop is never held for long: a poll returns at most ``POLL_MAX_RECORDS`` messages
+  and pricing yields every ``PRICE_CHUNK`` events, so a backlog (a spool replayed after a broker
+  outage, a pricer catching up) does not stall what shares the loop (in ``meterline up``, the
+  gateway and the query service) for the whole of a 20k-event batch.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ from services.store import Store, StoreError
 
 log = structlog.get_logger(__name__)
 
+# About 10 ms of decoding (aiokafka's records and ours) between two turns of the event loop; a
+# batch of 20k events then takes ten polls, which costs nothing measurable.
+POLL_MAX_RECORDS = 2_000
+# About 8 ms of attributing and pricing between two turns of the event loop.
+PRICE_CHUNK = 1_000
+
 
 @dataclass
 class _Pending:
@@ -64,6 +74,16 @@ class _Pending:
             self.last_offset.pop(p, None)
         self.poison = [x for x in self.poison if x[0] not in partitions]
         self.count = sum(len(v) for v in self.events.values()) + len(self.poison)
+
+
+async def _release(stored: _Pending, batches: list[PartitionBatch], recorded: dict[int, RecordedInsert | None]) -> None:
+    """Free a stored batch a partition at a time, yielding to the event loop between: its tens of
+    thousands of events and rows, freed in one go, would hold the loop for tens of milliseconds."""
+    while batches:
+        partition = batches.pop().partition
+        stored.events.pop(partition, None)
+        recorded.pop(partition, None)
+        await asyncio.sleep(0)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -110,7 +130,7 @@ class Pricer:
             group_id=self._settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self._settings.batch_max_events,
+            max_poll_records=min(self._settings.batch_max_events, POLL_MAX_RECORDS),
             fetch_max_wait_ms=100,
             session_timeout_ms=self._settings.session_timeout_ms,
             heartbeat_interval_ms=max(self._settings.session_timeout_ms // 3, 300),
@@ -138,6 +158,10 @@ class Pricer:
                 records = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms())
                 for tp, messages in records.items():
                     self._accept(tp.partition, messages)
+                if records:
+                    # getmany returns without suspending while aiokafka holds records it fetched
+                    # ahead: without this, a backlog is decoded poll after poll, loop unturned.
+                    await asyncio.sleep(0)
                 if self._due():
                     async with self._flush_lock:
                         if self._due():  # the revoke listener may have flushed or dropped it meanwhile
@@ -212,7 +236,7 @@ class Pricer:
             # agree with the table.
             await self._refresh_state(max((e.started_at for _, e in entries), default=None))
             registrations: list[Registration] = []
-            rows = self._rows(partition, entries, registrations)
+            rows = await self._rows(partition, entries, registrations)
             await state.register_prompts(self._store, registrations)
             replayed = await replay(self._store, intent, rows)
             log.info("replayed a recorded insert", partition=partition, first=intent.first_offset,
@@ -287,24 +311,34 @@ class Pricer:
         self._state_checked_at = time.monotonic()
         self._state_as_of = as_of
 
-    def _rows(
+    async def _rows(
         self, partition: int, entries: list[tuple[int, UsageEvent]], registrations: list[Registration]
     ) -> list[UsageRow]:
-        """Attribute and price events into rows. Pure apart from the registry's memory."""
+        """Attribute and price events into rows, yielding to the event loop every ``PRICE_CHUNK``
+        events. Pure apart from the registry's memory."""
         rows: list[UsageRow] = []
-        for offset, event in entries:
-            version, registration = attribute(event, self._registry)
-            if registration is not None:
-                self._registry.record(registration)
-                registrations.append(registration)
-            rows.append(to_row(price(event, self._catalog), version, self._kafka.raw_topic, partition, offset))
+        registry, catalog, topic = self._registry, self._catalog, self._kafka.raw_topic
+        for start in range(0, len(entries), PRICE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            for offset, event in entries[start:start + PRICE_CHUNK]:
+                version, registration = attribute(event, registry)
+                if registration is not None:
+                    registry.record(registration)
+                    registrations.append(registration)
+                rows.append(to_row(price(event, catalog), version, topic, partition, offset))
         return rows
 
-    def _price_partition(self, partition: int, registrations: list[Registration]) -> PartitionBatch:
+    async def _price_partition(self, partition: int, registrations: list[Registration]) -> PartitionBatch | None:
+        # Read before pricing yields: the revoke listener may drop the partition from the pending
+        # batch meanwhile (it does not wait for a flush), and the batch is then written for no one.
+        last = self._pending.last_offset.get(partition)
+        if last is None:
+            return None  # dropped by the revoke listener while an earlier partition was priced
         entries = self._pending.events.get(partition, [])
-        rows = self._rows(partition, entries, registrations)
-        first = entries[0][0] if entries else self._pending.last_offset[partition]
-        return PartitionBatch(self._kafka.raw_topic, partition, first, self._pending.last_offset[partition], rows)
+        rows = await self._rows(partition, entries, registrations)
+        first = entries[0][0] if entries else last
+        return PartitionBatch(self._kafka.raw_topic, partition, first, last, rows)
 
     async def _dead_letter(self) -> None:
         """Publish poison to the dead-letter topic and wait for the broker's acknowledgement."""
@@ -360,7 +394,10 @@ class Pricer:
         newest = max((e.started_at for entries in self._pending.events.values() for _, e in entries), default=None)
         await self._with_retry(lambda: self._refresh_state(newest), retry)
         registrations: list[Registration] = []
-        batches = [self._price_partition(p, registrations) for p in sorted(self._pending.last_offset)]
+        batches = []
+        for p in sorted(self._pending.last_offset):
+            if (batch := await self._price_partition(p, registrations)) is not None:
+                batches.append(batch)
         if self._pending.poison:
             await self._dead_letter()
         recorded: dict[int, RecordedInsert | None] = {}
@@ -381,7 +418,8 @@ class Pricer:
             self.committed[tp.partition] = offset
         self.stored_total += written
         log.debug("batch stored", rows=written, messages=self._pending.count, partitions=len(offsets))
-        self._pending = _Pending()
+        stored, self._pending = self._pending, _Pending()
+        await _release(stored, batches, recorded)
 
     async def _with_retry(self, step: Any, retry: bool) -> Any:
         delay = 0.1

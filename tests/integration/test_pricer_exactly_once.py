@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.events import UsageEvent, encode_event
@@ -20,6 +21,7 @@ from services.common.broker import EmbeddedBroker
 from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings, load_settings
 from services.pricer.catalog import Catalog
+from services.pricer import consumer
 from services.pricer.consumer import Pricer
 from services.pricer.dlq import PoisonBreakerTripped
 from services.pricer.pricing import price
@@ -415,6 +417,58 @@ async def test_a_rebalance_during_a_store_outage_loses_nothing(store: ChdbStore,
     cost = expected_total(first + during)
     assert t["raw_rows"] == 120 and t["raw_ids"] == 120 and t["raw_cost"] == cost
     assert t["key_rollup_rows"] == 120 and t["key_rollup_cost"] == cost
+
+
+async def test_partitions_revoked_while_their_batch_is_priced_are_left_to_the_next_owner(
+    store: ChdbStore, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pricing yields to the event loop every PRICE_CHUNK events (in `meterline up` the gateway
+    shares that loop), so the revoke listener can run in the middle of a flush's pricing and drop
+    partitions from the batch being priced: here the one being priced (0) and one not reached yet
+    (2). The flush then writes and commits only what it still owns (1); the next owner stores the
+    rest, each event once."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = await new_topic(broker)
+    events = make_events(org, 600)
+    ends = await produce(broker.bootstrap, topic, [(e.event_id.encode(), encode_event(e)) for e in events])
+    assert set(ends) == {0, 1, 2}
+    monkeypatch.setattr(consumer, "PRICE_CHUNK", 10)
+    priced = 0
+    mid_pricing = asyncio.Event()
+
+    def counting_price(event: UsageEvent, catalog: Catalog) -> Any:
+        nonlocal priced
+        priced += 1
+        if priced == 15:  # in the second chunk of the first batch's first partition (0)
+            mid_pricing.set()
+        return price(event, catalog)
+
+    monkeypatch.setattr(consumer, "price", counting_price)
+    pricer = pricer_for(store, broker, topic, batch=600)
+    seen: dict[str, Any] = {}
+
+    async def revoke_mid_pricing() -> None:
+        await mid_pricing.wait()
+        pending = pricer._pending  # noqa: SLF001 - the batch being priced
+        seen.update(priced=priced, in_batch=sum(len(v) for v in pending.events.values()), partitions=set(pending.events))
+        await pricer.on_revoked({0, 2})  # what aiokafka's coordinator calls when a rebalance takes them
+
+    async with running(pricer) as task:
+        revoker = asyncio.create_task(revoke_mid_pricing())
+
+        async def kept_partition_done() -> bool:
+            return await _done(pricer, {1: ends[1]}, task)
+
+        await await_until(kept_partition_done, timeout_s=30, what="partition 1 committed")
+        await revoker
+        assert set(pricer.committed) == {1}, pricer.committed
+    # the revoke ran while the batch of every partition was being priced, not after
+    assert seen["partitions"] == {0, 1, 2} and seen["priced"] < seen["in_batch"], seen
+    stored = await store.select("SELECT DISTINCT kafka_partition AS p FROM usage_events WHERE org_id = {o:String}", {"o": org})
+    assert [r["p"] for r in stored] == [1]
+    # the next owner: partition 1 is committed already, so it has 0 and 2 to commit
+    await run_until_committed(pricer_for(store, broker, topic, batch=600), {0: ends[0], 2: ends[2]})
+    await assert_each_stored_once(store, org, events)
 
 
 async def test_events_with_odd_usage_are_stored_with_a_status(store: ChdbStore, broker: EmbeddedBroker) -> None:
