@@ -11,7 +11,9 @@ time the process used over that window (its Python thread and chDB's threads) is
 is not credited with the extra cores. "loop CPU" is the CPU time of the event-loop thread alone:
 fetching, decoding, attributing, pricing and encoding rows, without chDB's own insert work (which
 runs in the store's threads). It is what a pricer process costs per event when ClickHouse is a
-server, as in production, so "per loop core" is the pricer's own throughput per core.
+server, as in production, so "per loop core" is the pricer's own throughput per core. While the
+pricer works through the backlog, a timer on its event loop records the longest pauses of the
+loop: in `meterline up` the gateway shares that loop, and would answer nothing during them.
 
     python bench/pricer.py --quick        # N = 20,000
     python bench/pricer.py                # N = 1,000,000
@@ -94,11 +96,42 @@ async def produce(bootstrap: str, topic: str, evs: list[UsageEvent]) -> dict[int
         await producer.stop()
 
 
+class LoopLag:
+    """How late a timer every ``TICK_S`` fires: the longest stretches in which the event loop ran
+    nothing else. In ``meterline up`` the gateway and the query service share the pricer's loop,
+    so these are pauses they would see. The ticks cost the loop about 2 ms a second."""
+
+    TICK_S = 0.01
+
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.TICK_S
+            await asyncio.sleep(self.TICK_S)
+            self.lags_ms.append(max(0.0, (loop.time() - due) * 1000))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tick())
+
+    def stop(self) -> dict[str, float]:
+        assert self._task is not None
+        self._task.cancel()
+        lags = sorted(self.lags_ms) or [0.0]
+        return {"max_ms": round(lags[-1], 1), "p999_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.999))], 1),
+                "over_50_ms": sum(lag > 50 for lag in lags)}
+
+
 async def run_pricer(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, int]) -> tuple[float, float, float]:
     settings = load_settings({"METERLINE_PRICER_GROUP": f"bench-{uuid.uuid4().hex[:6]}"})
     pricer = Pricer(store, KafkaSettings(bootstrap=bootstrap, raw_topic=topic, dlq_topic=f"{topic}.dlq"), settings.pricer, bootstrap)
     await pricer.start()
     task = asyncio.create_task(pricer.run())
+    lag = LoopLag()
+    lag.start()
     started = None
     cpu0, loop0 = _cpu_s(), time.thread_time()
     while not all(pricer.committed.get(p, 0) >= e for p, e in ends.items()):
@@ -109,6 +142,7 @@ async def run_pricer(store: ChdbStore, bootstrap: str, topic: str, ends: dict[in
         await asyncio.sleep(0.005)
     elapsed, cpu = time.perf_counter() - (started or time.perf_counter()), _cpu_s() - cpu0
     loop_cpu = time.thread_time() - loop0
+    LAST_LOOP_LAG.update(lag.stop())
     pricer.stop()
     await task
     await pricer.close()
@@ -144,6 +178,7 @@ async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, 
 
 
 RUNS = (("raw_limit", run_raw), ("pricer", run_pricer))
+LAST_LOOP_LAG: dict[str, float] = {}  # the pricer run's LoopLag figures
 
 
 async def main(n: int) -> dict:
@@ -167,6 +202,7 @@ async def main(n: int) -> dict:
                              "events_per_s_per_core": round(n / max(elapsed, cpu)), "produce_s": round(produce_s, 1),
                              "loop_cpu_s": round(loop_cpu, 2), "loop_cpu_us_per_event": round(loop_cpu / n * 1e6, 1),
                              "events_per_s_per_loop_core": round(n / loop_cpu)}
+        results["pricer"]["loop_lag"] = dict(LAST_LOOP_LAG)
         results["pricer_vs_raw_limit"] = round(results["pricer"]["events_per_s"] / results["raw_limit"]["events_per_s"], 3)
         return results
     finally:
@@ -199,6 +235,10 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{name:<10} {r['events_per_s']:>9,} {r['events_per_s_per_core']:>9,} {r['cores_busy']:>10.2f} "
                      f"{r['seconds']:>8.2f} {r['stored']:>9,} {r['loop_cpu_us_per_event']:>10} {r['events_per_s_per_loop_core']:>13,}")
     lines.append(f"  pricer / raw limit: {results['pricer_vs_raw_limit']:.1%}")
+    lag = results["pricer"].get("loop_lag")
+    if lag:
+        lines.append(f"  pricer's event loop, longest pause while working through the backlog: {lag['max_ms']} ms"
+                     f" (p99.9 {lag['p999_ms']} ms, {lag['over_50_ms']} over 50 ms)")
     return "\n".join(lines)
 
 

@@ -71,6 +71,7 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
     pricer = report["benchmarks"]["pricer"]["results"]
     for run in ("raw_limit", "pricer"):
         assert _positive(pricer[run]["events_per_s"]) and pricer[run]["stored"] == pricer["events"], pricer[run]
+    assert pricer["pricer"]["loop_lag"]["max_ms"] >= pricer["pricer"]["loop_lag"]["p999_ms"] >= 0, pricer["pricer"]
 
     queries = report["benchmarks"]["queries"]["results"]
     for size in queries["sizes"].values():
