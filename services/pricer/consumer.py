@@ -74,6 +74,10 @@ class _Pending:
             self.last_offset.pop(p, None)
         self.poison = [x for x in self.poison if x[0] not in partitions]
         self.count = sum(len(v) for v in self.events.values()) + len(self.poison)
+        if not self.count:
+            # Nothing left to wait for: a window still open would make every poll after it
+            # return at once, empty, and the consume loop spin without yielding.
+            self.opened_at = None
 
 
 async def _release(stored: _Pending, batches: list[PartitionBatch], recorded: dict[int, RecordedInsert | None]) -> None:
@@ -155,7 +159,7 @@ class Pricer:
                 if self._unrecovered:
                     async with self._flush_lock:
                         await self._with_retry(self._recover_once, retry=True)
-                records = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms())
+                records = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=self._poll_size())
                 for tp, messages in records.items():
                     self._accept(tp.partition, messages)
                 if records:
@@ -287,8 +291,13 @@ class Pricer:
             time.monotonic() - (p.opened_at or 0) >= self._settings.batch_max_wait_s
         )
 
+    def _poll_size(self) -> int:
+        """At most ``POLL_MAX_RECORDS``, and no more than the batch has room for: a backlog then
+        fills batches of exactly ``batch_max_events``."""
+        return max(1, min(POLL_MAX_RECORDS, self._settings.batch_max_events - self._pending.count))
+
     def _poll_timeout_ms(self) -> int:
-        if self._pending.opened_at is None:
+        if self._pending.opened_at is None or not self._pending.count:
             return 500
         left = self._settings.batch_max_wait_s - (time.monotonic() - self._pending.opened_at)
         return max(0, int(left * 1000))

@@ -92,8 +92,8 @@ async def produce(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]
     return ends
 
 
-def pricer_for(store: ChdbStore, broker: EmbeddedBroker, topic: str, batch: int = 64) -> Pricer:
-    settings = load_settings({"METERLINE_BATCH_MAX_EVENTS": str(batch), "METERLINE_BATCH_MAX_WAIT": "0.2",
+def pricer_for(store: ChdbStore, broker: EmbeddedBroker, topic: str, batch: int = 64, wait_s: float = 0.2) -> Pricer:
+    settings = load_settings({"METERLINE_BATCH_MAX_EVENTS": str(batch), "METERLINE_BATCH_MAX_WAIT": str(wait_s),
                               "METERLINE_DLQ_BREAKER_WINDOW": "50", "METERLINE_PRICER_GROUP": f"g-{topic}",
                               "METERLINE_PRICER_SESSION_TIMEOUT_MS": "3000"})
     kafka = KafkaSettings(bootstrap=broker.bootstrap, raw_topic=topic, dlq_topic=f"{topic}.dlq", partitions=3)
@@ -444,7 +444,8 @@ async def test_partitions_revoked_while_their_batch_is_priced_are_left_to_the_ne
         return price(event, catalog)
 
     monkeypatch.setattr(consumer, "price", counting_price)
-    pricer = pricer_for(store, broker, topic, batch=600)
+    # the first batch closes on its 600th event, not on a timer: all three partitions are in it
+    pricer = pricer_for(store, broker, topic, batch=600, wait_s=30)
     seen: dict[str, Any] = {}
 
     async def revoke_mid_pricing() -> None:
