@@ -147,7 +147,10 @@ async def encode_rows_in_turns(rows: Sequence[Mapping[str, Any] | msgspec.Struct
     a pricer's batch of 20k rows encoded at once holds the loop for about 50 ms, and in
     ``meterline up`` the gateway and the query service share that loop. JSONEachRow is one line
     per row, so the chunks' bytes joined are the batch's."""
-    if isinstance(rows, (bytes, bytearray)) or len(rows) <= ENCODE_CHUNK:
+    if isinstance(rows, (bytes, bytearray)):
+        return bytes(rows)
+    rows = rows if isinstance(rows, Sequence) else list(rows)
+    if len(rows) <= ENCODE_CHUNK:
         return encode_rows(rows)
     chunks = []
     for start in range(0, len(rows), ENCODE_CHUNK):
