@@ -55,6 +55,8 @@ async def test_a_customers_calls_are_paged_through_the_days_they_fall_on(store: 
         e.started_at = BASE + timedelta(days=min(8, int((2 * i) ** 0.5)), minutes=i % 7)
         e.customer_id = "other" if i % 5 == 4 else "acme"
         e.sandbox = i == 7
+    for e in events[31:34]:  # calls in the same millisecond: pages must split them in one order
+        e.started_at = events[30].started_at
     await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
     first, last = BASE.date(), BASE.date() + timedelta(days=8)
     newest_first = (await store.select(
@@ -75,6 +77,32 @@ async def test_a_customers_calls_are_paged_through_the_days_they_fall_on(store: 
     rows, total = await analytics.customer_calls(store, org, first + timedelta(days=7), last, "acme", 50, 1)
     assert total == len(rows) and {r["event_id"] for r in rows} <= set(expected) and rows
     assert await analytics.customer_calls(store, org, first, last, "nobody", 10, 1) == ([], 0)
+
+
+async def test_billing_pages_cover_every_item_once_both_ways_through_calls_made_in_the_same_millisecond(
+    store: ChdbStore,
+) -> None:
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 12)
+    for i, e in enumerate(events):  # eight calls in one millisecond on the first day, four the next
+        e.started_at = BASE if i < 8 else BASE + timedelta(days=1, minutes=i)
+    await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
+    window = Range(BASE - timedelta(hours=1), BASE + timedelta(days=2))
+    walked: dict[str, list[tuple[str, str]]] = {}
+    for order in ("asc", "desc"):
+        items, page = [], 1
+        while True:
+            entries, total = await billing.page(store, billing.Page(org, window, page, 5, order))  # type: ignore[arg-type]
+            if not entries:
+                break
+            items += [(e["inferenceDetails"]["requestId"], e["sku"]) for e in entries]
+            page += 1
+        assert len(items) == len(set(items)) == total and total >= 2 * len(events), (order, total, items)
+        walked[order] = items
+    calls = {order: [rid for n, (rid, _) in enumerate(items) if n == 0 or items[n - 1][0] != rid]
+             for order, items in walked.items()}
+    assert sorted(calls["asc"]) == sorted(e.request_id for e in events)
+    assert calls["desc"] == calls["asc"][::-1]  # one order of the calls, read forwards or backwards
 
 
 async def test_pages_of_calls_are_read_in_primary_key_order(store: ChdbStore) -> None:
