@@ -11,6 +11,8 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from schemas.events import UsageEvent
 from services.pricer.catalog import Catalog
 from services.pricer.pricing import price
@@ -25,12 +27,25 @@ from tests.integration.test_pricer_exactly_once import make_events
 BASE = datetime(2026, 3, 14, 9, 0, tzinfo=timezone.utc)
 
 
+async def store_calls(store: ChdbStore, events: list[UsageEvent]) -> None:
+    """The calls priced and stored as the pricer stores them (offsets in list order)."""
+    await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
+
+
+async def a_new_orgs_calls(store: ChdbStore, n: int, **fields: Any) -> tuple[str, list[UsageEvent]]:
+    """A new organisation and ``n`` calls of it, stored, each with ``fields`` set."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = [msgspec.structs.replace(e, **fields) for e in make_events(org, n)]
+    await store_calls(store, events)
+    return org, events
+
+
 async def test_export_walks_every_row_once_across_batches(store: ChdbStore) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     events = make_events(org, 25)
     for e in events[:10]:
         e.started_at = BASE  # ten calls in the same millisecond: the keyset must order by id too
-    await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
+    await store_calls(store, events)
     window = Range(BASE, BASE + timedelta(days=1))
     seen = [r["event_id"] async for batch in analytics.export_rows(store, org, window, model="", customer="", feature="",
                                                                   team="", batch=4) for r in batch]
@@ -57,7 +72,7 @@ async def test_a_customers_calls_are_paged_through_the_days_they_fall_on(store: 
         e.sandbox = i == 7
     for e in events[31:34]:  # calls in the same millisecond: pages must split them in one order
         e.started_at = events[30].started_at
-    await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
+    await store_calls(store, events)
     first, last = BASE.date(), BASE.date() + timedelta(days=8)
     newest_first = (await store.select(
         "SELECT toString(event_id) AS id FROM usage_events WHERE org_id = {o:String} AND customer_id = 'acme'"
@@ -86,7 +101,7 @@ async def test_billing_pages_cover_every_item_once_both_ways_through_calls_made_
     events = make_events(org, 12)
     for i, e in enumerate(events):  # eight calls in one millisecond on the first day, four the next
         e.started_at = BASE if i < 8 else BASE + timedelta(days=1, minutes=i)
-    await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
+    await store_calls(store, events)
     window = Range(BASE - timedelta(hours=1), BASE + timedelta(days=2))
     walked: dict[str, list[tuple[str, str]]] = {}
     for order in ("asc", "desc"):
@@ -121,11 +136,7 @@ async def test_pages_of_calls_are_read_in_primary_key_order(store: ChdbStore) ->
             plans.append((sort.get("Prefix", ""), sort.get("Result", "")))
         return await select(sql, params)
 
-    org = f"org-{uuid.uuid4().hex[:8]}"
-    events = make_events(org, 6)
-    for e in events:
-        e.customer_id, e.route = "acme", "usage/record"
-    await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
+    org, _ = await a_new_orgs_calls(store, 6, customer_id="acme", route="usage/record")
     day = Range(BASE - timedelta(days=1), BASE + timedelta(days=1))
     store.select = spy  # type: ignore[method-assign]
     try:
@@ -161,11 +172,7 @@ async def test_aggregations_read_the_rollup_projections(store: ChdbStore) -> Non
         await plan(sql, params)
         return await select_json(sql, params)
 
-    org = f"org-{uuid.uuid4().hex[:8]}"
-    events = make_events(org, 5)
-    for e in events:
-        e.customer_id, e.feature = "acme", "chat"
-    await store.insert("usage_events", [to_row(price(e, Catalog()), 0, "t", 0, i) for i, e in enumerate(events)])
+    org, _ = await a_new_orgs_calls(store, 5, customer_id="acme", feature="chat")
     w = Window(org, BASE.date(), BASE.date())
     store.select, store.select_json = spy, spy_json  # type: ignore[method-assign]
     try:
