@@ -369,11 +369,11 @@ class Pricer:
         ours. ``recorded`` lives for the whole flush, so a retry after a failure re-applies the
         same inserts."""
         await state.register_prompts(self._store, registrations)
-        for batch in batches:
-            # A partition lost since (or lost and assigned anew) is not recorded: its next owner
-            # may already have recovered it, and would not see this insert to complete it.
-            if batch.rows and batch.partition not in recorded and self._writable(batch.partition):
-                recorded[batch.partition] = await record(self._store, batch)
+        # A partition lost since (or lost and assigned anew) is not recorded: its next owner may
+        # already have recovered it, and would not see this insert to complete it.
+        to_record = [b for b in batches if b.rows and b.partition not in recorded and self._writable(b.partition)]
+        if to_record:
+            recorded.update(await record(self._store, to_record))
         written = 0
         for partition, insert in recorded.items():
             # Not applied for a partition lost meanwhile: an owner that recovered it after this

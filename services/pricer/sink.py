@@ -86,20 +86,29 @@ class RecordedInsert:
     dedup_token: str
 
 
-async def record(store: Store, batch: PartitionBatch) -> RecordedInsert | None:
-    """Choose the batch's rows not yet stored and record the insert of them; ``None`` when there
-    are none. Raises ``StoreError`` (then nothing is recorded, and it may be called again)."""
-    unique = list({r.event_id: r for r in reversed(batch.rows)}.values())[::-1]  # first copy wins
-    present = await already_stored(store, unique)
-    rows = [r for r in unique if r.event_id not in present]
-    if not rows:
-        return None
-    token = batch.dedup_token
-    await store.insert("ingest_batches", [{
-        "kafka_topic": batch.topic, "kafka_partition": batch.partition, "first_offset": batch.first_offset,
-        "last_offset": batch.last_offset, "dedup_token": token, "event_ids": [r.event_id for r in rows],
-    }])
-    return RecordedInsert(rows, token)
+async def record(store: Store, batches: Sequence[PartitionBatch]) -> dict[int, RecordedInsert | None]:
+    """For each partition's batch, choose its rows not yet stored and record the insert of them;
+    ``None`` for a batch with none. One read of the stored ids and one insert of the records for
+    all the batches of a flush: per batch, those two fixed costs were a tenth of the pricer's
+    time. Raises ``StoreError`` (then nothing is recorded, and it may be called again)."""
+    unique = {b.partition: list({r.event_id: r for r in reversed(b.rows)}.values())[::-1] for b in batches}  # first copy wins
+    present = await already_stored(store, [r for rows in unique.values() for r in rows])
+    recorded: dict[int, RecordedInsert | None] = {}
+    intents = []
+    for batch in batches:
+        rows = [r for r in unique[batch.partition] if r.event_id not in present]
+        if not rows:
+            recorded[batch.partition] = None
+            continue
+        token = batch.dedup_token
+        intents.append({
+            "kafka_topic": batch.topic, "kafka_partition": batch.partition, "first_offset": batch.first_offset,
+            "last_offset": batch.last_offset, "dedup_token": token, "event_ids": [r.event_id for r in rows],
+        })
+        recorded[batch.partition] = RecordedInsert(rows, token)
+    if intents:
+        await store.insert("ingest_batches", intents)  # one block: every record of the flush, or none
+    return recorded
 
 
 async def apply(store: Store, insert: RecordedInsert) -> None:
@@ -112,7 +121,7 @@ async def write(store: Store, batch: PartitionBatch) -> int:
     """Insert one partition's new rows; returns how many were inserted. Blocking until the store
     has acknowledged; raises ``StoreError`` otherwise (nothing may then be committed, and a retry
     must ``apply`` the recorded insert rather than call this again: see the module docstring)."""
-    insert = await record(store, batch)
+    insert = (await record(store, [batch]))[batch.partition]
     if insert is None:
         return 0
     await apply(store, insert)
