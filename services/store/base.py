@@ -86,18 +86,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (list, tuple)):
-        if _all_str(value):
+        if _joined("", value) is not None:
             return list(value)  # a batch's thousands of ids: nothing to convert
         return [_plain(v) for v in value]
     return value
 
 
-def _all_str(values: list[Any] | tuple[Any, ...]) -> bool:
+def _joined(separator: str, values: list[Any] | tuple[Any, ...]) -> str | None:
+    """The values joined, or None when any is not a str: one pass in C, which both checks the
+    thousands of ids of a batch and gives the text to check them against."""
     try:
-        "".join(values)  # one pass in C; a non-str element raises
+        return separator.join(values)
     except TypeError:
-        return False
-    return True
+        return None
 
 
 def plain_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -115,10 +116,7 @@ def _bind_text(value: Any) -> str:
     # them character by character, which is most of a flush's CPU. Plain strings skip that,
     # checked all at once: a comma inside one is harmless, it is quoted with the rest of it.
     if isinstance(value, list) and value:
-        try:
-            joined = ",".join(value)  # a list with any non-str element raises
-        except TypeError:
-            joined = None
+        joined = _joined(",", value)
         if joined is not None and _PLAIN_TEXT_LIST.fullmatch(joined):
             return "['" + "','".join(value) + "']"
     return format_bind_value(value)
