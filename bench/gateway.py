@@ -312,6 +312,18 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far (seconds), from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone: its time is lost, and the figure is low, never high
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 # -- wrk ------------------------------------------------------------------------------------
 
 
@@ -590,9 +602,15 @@ def scaling(tmp: Path, upstream: int, bootstrap: str, query: int, seconds: float
         try:
             url = f"http://127.0.0.1:{port}/api/proxy/v1/openai/chat/completions"
             _warm(url, headers, BODY, tmp, warm_s)
-            processes = 1 + len(descendants(proc.pid))
+            pids = [proc.pid, *descendants(proc.pid)]
+            cpu = cpu_seconds(pids)
             point = run_wrk(url, wrk_script(tmp, headers), SCALING_CONNECTIONS, seconds)
-            point["processes"] = processes
+            cpu = cpu_seconds(pids) - cpu
+            point["processes"] = len(pids)
+            # The gateway's own CPU per request: what one core allows (1 / it), and by Little's
+            # law the least mean latency one worker can give at this concurrency (it x c).
+            point["cpu_us_per_request"] = round(cpu / max(point["requests"], 1) * 1e6, 1)
+            point["cores_busy"] = round(cpu / max(1, round(seconds)), 2)
             _flag(flags, f"gateway workers={workers} c={SCALING_CONNECTIONS}", point)
             out["points"][str(workers)] = point
         finally:
@@ -650,6 +668,12 @@ def table(results: dict[str, Any]) -> str:
             mark = " !" if r.get("flagged") else ""
             lines.append(f"  workers={w} ({r['processes']} processes): {r['rps']:.1f} req/s, p50 {r['p50_ms']:.3f} ms, "
                          f"p99 {r['p99_ms']:.3f} ms, non-2xx {r['non_2xx']}{mark}")
+            if r.get("cpu_us_per_request"):
+                us = r["cpu_us_per_request"]
+                bound = (f"; one worker at c={sc['connections']}: a mean latency of at least"
+                         f" {sc['connections'] * us / 1000:.1f} ms (Little's law)" if w == "1" else "")
+                lines.append(f"    gateway CPU {us:.0f} us per request ({r['cores_busy']} cores busy):"
+                             f" a core's ceiling {1e6 / us:,.0f} req/s{bound}")
         if "rps_ratio_2_over_1" in sc:
             lines.append(f"  2 workers / 1 worker: {sc['rps_ratio_2_over_1']}x")
     pipe = results.get("pipeline")

@@ -572,13 +572,17 @@ def table(results: dict[str, Any]) -> str:
                      f" merges settled in {s['settle_s']}s; {tables}")
     ea, eb = a["endpoints"], b["endpoints"]
     w = max(len(n) for n in eb) + 2
+    # "x size": how much larger the answer is at the large size; an answer that grows with the
+    # data (one entry per user and day, say) costs more to read and write, whatever the rollups
     lines.append(f"{'endpoint':<{w}} {'p50 small':>9} {'p95 small':>9} {'p50 large':>9} {'p95 large':>9}"
-                 f" {'x p50':>6} {'x p95':>6}")
+                 f" {'x p50':>6} {'x p95':>6} {'x size':>6} {'MB large':>8}")
     for name in eb:
         r = results["ratios"][name]
+        size_a, size_b = ea[name].get("response_bytes"), eb[name].get("response_bytes")
+        grows = f"{size_b / size_a:>6.2f} {size_b / 1e6:>8.2f}" if size_a and size_b else f"{'':>6} {'':>8}"
         lines.append(f"{name:<{w}} {ea[name]['p50_ms']:>9.1f} {ea[name]['p95_ms']:>9.1f}"
                      f" {eb[name]['p50_ms']:>9.1f} {eb[name]['p95_ms']:>9.1f}"
-                     f" {r['p50']:>6.2f} {r['p95']:>6.2f}{'  MISS' if name in missed else ''}")
+                     f" {r['p50']:>6.2f} {r['p95']:>6.2f} {grows}{'  MISS' if name in missed else ''}")
     lines.append(f"{len(missed)} of {len(eb) - 1} miss a target" if missed else "every endpoint meets both targets")
     return "\n".join(lines)
 

@@ -64,7 +64,8 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
         stream = gateway["stream"]["peers"][peer]
         assert _positive(stream["ttfc_p50_ms"]) and stream["ok"] == stream["requests"], (peer, stream)
     for workers in ("1", "2"):
-        assert _positive(gateway["scaling"]["points"][workers]["rps"])
+        point = gateway["scaling"]["points"][workers]
+        assert _positive(point["rps"]) and _positive(point["cpu_us_per_request"]), point
     # A non-2xx answer from direct or Meterline is a broken harness or gateway, not noise.
     assert not [f for f in gateway["flags"] if not f.startswith("litellm")], gateway["flags"]
 
