@@ -11,7 +11,8 @@ time the process used over that window (its Python thread and chDB's threads) is
 is not credited with the extra cores. "loop CPU" is the CPU time of the event-loop thread alone:
 fetching, decoding, attributing, pricing and encoding rows, without chDB's own insert work (which
 runs in the store's threads). It is what a pricer process costs per event when ClickHouse is a
-server, as in production, so "per loop core" is the pricer's own throughput per core. While the
+server, as in production, so "per loop core" is the pricer's own throughput per core; "chDB
+us/ev" is the rest of the process's CPU per event, the embedded engine's. While the
 pricer works through the backlog, a timer on its event loop records the longest pauses of the
 loop: in `meterline up` the gateway shares that loop, and would answer nothing during them.
 
@@ -208,7 +209,9 @@ async def main(n: int) -> dict:
                              "cores_busy": round(cpu / elapsed, 2), "events_per_s": round(n / elapsed),
                              "events_per_s_per_core": round(n / max(elapsed, cpu)), "produce_s": round(produce_s, 1),
                              "loop_cpu_s": round(loop_cpu, 2), "loop_cpu_us_per_event": round(loop_cpu / n * 1e6, 1),
-                             "events_per_s_per_loop_core": round(n / loop_cpu), **own}
+                             "events_per_s_per_loop_core": round(n / loop_cpu),
+                             # the rest of the process's CPU: chDB's insert, merge and query threads
+                             "store_cpu_us_per_event": round(max(cpu - loop_cpu, 0.0) / n * 1e6, 1), **own}
         results["pricer_vs_raw_limit"] = round(results["pricer"]["events_per_s"] / results["raw_limit"]["events_per_s"], 3)
         return results
     finally:
@@ -235,11 +238,12 @@ def run(quick: bool, events: int | None = None) -> dict[str, Any]:
 def table(results: dict[str, Any]) -> str:
     lines = [f"Pricer throughput ({results['events']:,} events, {results['partitions']} partitions, one process)",
              f"{'run':<10} {'events/s':>9} {'per core':>9} {'cores busy':>10} {'seconds':>8} {'stored':>9}"
-             f" {'loop us/ev':>10} {'per loop core':>13}"]
+             f" {'loop us/ev':>10} {'per loop core':>13} {'chDB us/ev':>10}"]
     for name in ("raw_limit", "pricer"):
         r = results[name]
         lines.append(f"{name:<10} {r['events_per_s']:>9,} {r['events_per_s_per_core']:>9,} {r['cores_busy']:>10.2f} "
-                     f"{r['seconds']:>8.2f} {r['stored']:>9,} {r['loop_cpu_us_per_event']:>10} {r['events_per_s_per_loop_core']:>13,}")
+                     f"{r['seconds']:>8.2f} {r['stored']:>9,} {r['loop_cpu_us_per_event']:>10} {r['events_per_s_per_loop_core']:>13,}"
+                     f" {r.get('store_cpu_us_per_event', float('nan')):>10}")
     lines.append(f"  pricer / raw limit: {results['pricer_vs_raw_limit']:.1%}")
     lag = results["pricer"]["loop_lag"]
     lines.append(f"  pricer's event loop, longest pause while working through the backlog: {lag['max_ms']} ms"

@@ -69,8 +69,9 @@ def _gateway_p99(r: dict[str, Any]) -> tuple[float | None, str]:
 
 def _pricer_core(r: dict[str, Any]) -> tuple[float | None, str]:
     p = r["pricer"]
+    store = f", {p['store_cpu_us_per_event']} us of CPU per event in chDB" if "store_cpu_us_per_event" in p else ""
     return p["events_per_s_per_core"], (f"{p['events_per_s']:,} events/s wall, {p['cores_busy']} cores busy (chDB's insert"
-                                        f" included), {r['events']:,} events; the pricer's own loop alone:"
+                                        f" included{store}), {r['events']:,} events; the pricer's own loop alone:"
                                         f" {p['events_per_s_per_loop_core']:,} events/s per core")
 
 

@@ -72,6 +72,7 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
     pricer = report["benchmarks"]["pricer"]["results"]
     for run in ("raw_limit", "pricer"):
         assert _positive(pricer[run]["events_per_s"]) and pricer[run]["stored"] == pricer["events"], pricer[run]
+        assert _positive(pricer[run]["store_cpu_us_per_event"]), pricer[run]
     assert pricer["pricer"]["loop_lag"]["max_ms"] >= pricer["pricer"]["loop_lag"]["p999_ms"] >= 0, pricer["pricer"]
 
     queries = report["benchmarks"]["queries"]["results"]
