@@ -146,15 +146,13 @@ async def encode_rows_in_turns(rows: Sequence[Mapping[str, Any] | msgspec.Struct
     ``meterline up`` the gateway and the query service share that loop. JSONEachRow is one line
     per row, so the chunks' bytes joined are the batch's."""
     if isinstance(rows, (bytes, bytearray)):
-        return bytes(rows)
+        return encode_rows(rows)  # encoded already
     rows = rows if isinstance(rows, Sequence) else list(rows)
-    if len(rows) <= ENCODE_CHUNK:
-        return encode_rows(rows)
     chunks = []
     for start in range(0, len(rows), ENCODE_CHUNK):
         if start:
             await asyncio.sleep(0)
-        chunks.append(_row_encoder.encode_lines(rows[start:start + ENCODE_CHUNK]))
+        chunks.append(encode_rows(rows[start:start + ENCODE_CHUNK]))
     return b"".join(chunks)
 
 
