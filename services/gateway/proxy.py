@@ -20,24 +20,39 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import msgspec
 import structlog
-from yarl import URL
 
 from schemas.events import CallStatus, UsageEvent
 from services.common.credentials import bearer_key
 from services.common.settings import GatewaySettings
 from services.gateway import sandbox
-from services.gateway.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, read_body, request_headers, send_bytes, send_error
+from services.gateway.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    request_headers,
+    send_bytes,
+    send_error,
+)
 from services.gateway.auth import AuthUnavailable, Caller, GatewayAuth
 from services.gateway.metadata import MetadataError, Tracking, extract
 from services.gateway.publisher import EventPublisher
 from services.gateway.sse import SSESplitter, event_data
-from services.gateway.upstream import UpstreamBroken, UpstreamTimeout, open_session, proxy_for
+from services.gateway.upstream import (
+    Origin,
+    UpstreamBroken,
+    UpstreamClient,
+    UpstreamResponse,
+    UpstreamTimeout,
+    proxy_for,
+)
 from services.gateway.usage import StreamUsage, Usage, usage_from_body
 
 log = structlog.get_logger(__name__)
@@ -50,6 +65,7 @@ _DROP_REQUEST = {
     "host", "content-length", "connection", "keep-alive", "proxy-connection", "transfer-encoding",
     "te", "trailer", "upgrade", "authorization", "x-api-key", "x-provider-key", "accept-encoding",
     "cookie", "x-customer-id", "x-feature", "x-sandbox", "x-meterline-tags",
+    "expect",  # the body is read whole before the call is forwarded: nothing to wait for upstream
 }
 # Response headers that describe the upstream connection, not the answer: the ASGI server
 # frames the response to the client itself, and dates it (a second Date header would be a
@@ -119,13 +135,12 @@ def _status_of(http_status: int) -> CallStatus:
     return "ok" if http_status < 400 else "upstream_error"
 
 
-def _request_id(upstream: aiohttp.ClientResponse) -> str:
-    headers = upstream.headers
-    return headers.get("x-request-id") or headers.get("request-id") or ""
+def _request_id(upstream: UpstreamResponse) -> str:
+    return upstream.header(b"x-request-id") or upstream.header(b"request-id") or ""
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
-    return [(name.lower(), value) for name, value in upstream.raw_headers if name.lower() not in _DROP_RESPONSE]
+def _response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in upstream.headers if name not in _DROP_RESPONSE]
 
 
 class Proxy:
@@ -133,12 +148,12 @@ class Proxy:
         self._settings = settings
         self.auth = auth
         self._publisher = publisher
-        self._bases = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url + "/v1"}
-        self._proxies = {provider: proxy_for(base) for provider, base in self._bases.items()}
-        self._session = open_session(settings.connect_timeout_s, settings.read_timeout_s)
+        bases = {"openai": settings.openai_base_url, "anthropic": settings.anthropic_base_url + "/v1"}
+        self._origins = {provider: Origin.parse(base, proxy_for(base)) for provider, base in bases.items()}
+        self._client = UpstreamClient(settings.connect_timeout_s, settings.read_timeout_s)
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._client.close()
 
     # -- request side --------------------------------------------------------------------
 
@@ -174,7 +189,7 @@ class Proxy:
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, provider: str, route: str) -> None:
         t0 = time.perf_counter()
-        started_at = datetime.now(timezone.utc)
+        started_at = datetime.now(UTC)
         route = route.strip("/")
         if provider == "anthropic" and route.startswith("v1/"):
             # The Anthropic SDK appends /v1/messages to its base URL; accept both spellings.
@@ -229,17 +244,16 @@ class Proxy:
         if len(body) != fields_before or hide_usage_chunk:
             raw = msgspec.json.encode(body)
         query = scope.get("query_string", b"").decode("latin-1")
-        url = URL(f"{self._bases[provider]}/{route}" + (f"?{query}" if query else ""), encoded=True)
-        await self._forward(call, receive, send, url, self._upstream_headers(provider, headers, provider_key), raw,
+        path = f"/{route}?{query}" if query else f"/{route}"
+        await self._forward(call, receive, send, path, self._upstream_headers(provider, headers, provider_key), raw,
                             hide_usage_chunk)
 
     # -- forwarding ------------------------------------------------------------------------
 
-    async def _forward(self, call: Call, receive: Receive, send: Send, url: URL, headers: dict[str, str], raw: bytes,
+    async def _forward(self, call: Call, receive: Receive, send: Send, path: str, headers: dict[str, str], raw: bytes,
                        hide_usage: bool) -> None:
         try:
-            upstream = await self._session.request("POST", url, data=raw, headers=headers, allow_redirects=False,
-                                                   proxy=self._proxies[call.provider])
+            upstream = await self._client.post(self._origins[call.provider], path, headers, raw)
         except UpstreamTimeout:
             self._publisher.publish(call.event(Usage(), "timeout", 504))
             await send_error(send, call.provider, 504, "the provider did not answer in time")
@@ -263,15 +277,13 @@ class Proxy:
             self._publisher.publish(call.event(Usage(), "unreachable", 502))
             await send_error(send, call.provider, 502, "the provider connection broke mid-answer")
             return
-        finally:
-            upstream.release()
         await send_bytes(send, upstream.status, _response_headers(upstream), content)
         # The answer is on its way to the client; usage is read and published after it.
         usage = usage_from_body(call.provider, content)
         usage.request_id = _request_id(upstream)
         self._publisher.publish(call.event(usage, _status_of(upstream.status), upstream.status))
 
-    async def _stream(self, call: Call, receive: Receive, send: Send, upstream: aiohttp.ClientResponse,
+    async def _stream(self, call: Call, receive: Receive, send: Send, upstream: UpstreamResponse,
                       hide_usage: bool) -> None:
         """Relay the stream, and stop it as soon as the client goes away (the server reports a
         disconnect on ``receive``), so the upstream generation is not read to the end for no one."""
@@ -287,7 +299,7 @@ class Proxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
 
-    async def _relay(self, call: Call, send: Send, upstream: aiohttp.ClientResponse, hide_usage: bool) -> None:
+    async def _relay(self, call: Call, send: Send, upstream: UpstreamResponse, hide_usage: bool) -> None:
         """Pass the stream through as it arrives, reading usage on the side. When usage was
         requested on the caller's behalf, events are forwarded whole so the usage-only one can
         be held back; otherwise raw chunks go out untouched."""
@@ -297,7 +309,7 @@ class Proxy:
         status: CallStatus = _status_of(upstream.status)
         finished = False
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 if ttft_ms is None:
                     ttft_ms = round((time.perf_counter() - call.t0) * 1000, 3)
                 if hide_usage:
@@ -319,10 +331,8 @@ class Proxy:
             status = "client_disconnected"
             raise
         finally:
-            if finished:
-                upstream.release()
-            else:
-                upstream.close()  # a half-read connection cannot be reused
+            if not finished:
+                upstream.close()  # a half-read connection cannot be reused (a finished one went back to the pool)
                 if status in ("timeout", "unreachable"):
                     # End the response cleanly: the client sees the stream stop where it broke.
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
