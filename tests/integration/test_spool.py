@@ -99,3 +99,38 @@ async def test_without_a_broker_events_go_to_disk_until_the_spool_is_full(tmp_pa
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_live_events_land_where_the_default_partitioner_puts_their_organisation(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """The publisher builds record batches itself: each event must still go to the partition
+    Kafka's default partitioner gives its key (the org id), in the order it was published, and
+    batches that fill up must lose nothing."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    topic = f"part-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(broker.bootstrap, {topic: 6})
+    publisher = EventPublisher(broker.bootstrap, topic, 10_000, Spool(tmp_path, 1 << 20), send_timeout_s=5)
+    await publisher.start()
+    orgs = [f"org-{i}" for i in range(25)]
+    sent = [event(orgs[i % len(orgs)]) for i in range(2_000)]  # ~300 bytes each: several full batches per partition
+    for e in sent:
+        publisher.publish(e)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    got: list[tuple[int, UsageEvent]] = []
+    try:
+        async def enough() -> bool:
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend((m.partition, decode_event(m.value)) for m in messages)
+            return len(got) >= len(sent)
+        await await_until(enough, what=f"{len(sent)} events in {topic}")
+    finally:
+        await consumer.stop()
+        await publisher.stop()
+    assert sorted(e.event_id for _, e in got) == sorted(e.event_id for e in sent)
+    partitions = list(range(6))
+    for partition, e in got:
+        assert partition == DefaultPartitioner()(e.org_id.encode(), partitions, partitions), e.org_id
+    assert len({p for p, _ in got}) > 1
+    for org in orgs:  # one organisation's events, in publishing order
+        assert [e.event_id for _, e in got if e.org_id == org] == [e.event_id for e in sent if e.org_id == org]
