@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"applied migrations: {applied or 'none (up to date)'}")
     except KeyboardInterrupt:
         pass
+    except runtime.StartupError as exc:
+        print(f"meterline: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Wiring: starts the services, alone (production) or together (the embedded default).
+"""Wiring: starts the services, alone (production) or together (the embedded default: one
+process for the pricer and the query API over the embedded store, the gateway in its own).
 
 Shutdown order matters for metering: stop taking calls, let in-flight calls finish, flush the
 usage events they produced, then let the pricer write what it holds, then close the store.
@@ -152,6 +153,16 @@ async def _wait(stop: asyncio.Event, *tasks: asyncio.Task[Any] | None) -> None:
     waiters[0].cancel()
 
 
+def _embedded_gateway_env(settings: Settings, bootstrap: str) -> dict[str, str]:
+    """The gateway of the embedded default runs in processes of its own, as in production.
+    In the pricer's process it waited whenever the pricer's loop or the embedded ClickHouse's
+    threads held the process (a pricer flush is tens of ms of work): the calls in flight
+    waited with it. It is told where everything the parent resolved is."""
+    g = settings.gateway
+    return {**os.environ, "METERLINE_KAFKA_BOOTSTRAP": bootstrap, "METERLINE_QUERY_URL": g.query_url,
+            "METERLINE_HOST": g.host, "METERLINE_GATEWAY_PORT": str(g.port), "METERLINE_SPOOL_DIR": str(g.spool_dir)}
+
+
 async def run_embedded(settings: Settings, announce: Any) -> None:
     stop = asyncio.Event()
     _stop_on_signals(stop)
@@ -172,11 +183,12 @@ async def run_embedded(settings: Settings, announce: Any) -> None:
         pricer = PricerPart(settings, store, bootstrap)
         await pricer.start()
         parts.append(pricer)
-        gateway = GatewayPart(settings, bootstrap)
+        gateway = GatewayProcesses(settings.gateway.workers, _embedded_gateway_env(settings, bootstrap),
+                                   indexed=settings.gateway.workers > 1)
         await gateway.start()
         parts.append(gateway)
         announce(settings, boot)
-        await _wait(stop, pricer.task)
+        await _wait(stop, pricer.task, gateway.task)
     finally:
         log.info("stopping")
         for part in reversed(parts):  # gateway first, query last
@@ -200,9 +212,11 @@ async def run_gateway(settings: Settings) -> None:
         return
     stop = asyncio.Event()
     _stop_on_signals(stop)
+    _die_with_supervisor()
     gateway = GatewayPart(settings, _require_bootstrap(settings))
     await gateway.start()
     log.info("gateway listening", port=settings.gateway.port)
+    _report_ready()
     try:
         await _wait(stop)
     finally:
@@ -210,41 +224,138 @@ async def run_gateway(settings: Settings) -> None:
 
 
 async def _supervise_gateway_workers(settings: Settings) -> None:
-    """Run ``workers`` gateway processes on one port, one per core being the usual choice.
-    Each is a complete gateway with its own spool directory (``worker-<i>``); one that dies is
-    started again under the same index, so it replays what its predecessor spooled. A stop
-    signal is passed on and waited for: each worker drains its calls and events first."""
     _require_bootstrap(settings)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    workers: dict[int, asyncio.subprocess.Process] = {}
-
-    async def spawn(index: int) -> None:
-        env = {**os.environ, "METERLINE_GATEWAY_WORKERS": "1", "METERLINE_GATEWAY_WORKER_INDEX": str(index)}
-        workers[index] = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "gateway", env=env)
-
-    for index in range(settings.gateway.workers):
-        await spawn(index)
+    processes = GatewayProcesses(settings.gateway.workers, dict(os.environ), indexed=True)
+    await processes.start()
     log.info("gateway listening", port=settings.gateway.port, workers=settings.gateway.workers)
-    try:
-        while not stop.is_set():
-            exits = {asyncio.ensure_future(p.wait()): i for i, p in workers.items()}
-            stopping = asyncio.ensure_future(stop.wait())
+    await _wait(stop, processes.task)
+    await processes.stop()
+
+
+class StartupError(RuntimeError):
+    """A part of the stack could not start; its own log lines say why."""
+
+
+# A supervisor that starts a gateway process passes it the write end of a pipe under this name;
+# the gateway writes a line there once it listens.
+READY_FD_ENV = "METERLINE_READY_FD"
+
+
+def _die_with_supervisor() -> None:
+    """A supervised gateway stops (SIGTERM: draining as usual) when its supervisor dies, even by
+    SIGKILL, rather than hold the port with no pipeline behind it (Linux; elsewhere a no-op)."""
+    if READY_FD_ENV not in os.environ or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() == 1:  # the supervisor was already gone before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _report_ready() -> None:
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.write(int(fd), b"ready\n")
+            os.close(int(fd))
+
+
+class GatewayProcesses:
+    """``count`` gateway processes on one port, one per core being the usual choice, supervised.
+
+    With ``indexed``, each is a worker with its own spool directory (``worker-<i>``) and the
+    port shared (SO_REUSEPORT); one that dies is started again under the same index, so it
+    replays what its predecessor spooled. ``start`` returns once every process listens (each
+    reports it on a pipe; a port that answers could be someone else's). ``stop`` passes a stop
+    signal on and waits: each process drains its calls and events first."""
+
+    def __init__(self, count: int, env: dict[str, str], *, indexed: bool) -> None:
+        self._count = count
+        self._env = env
+        self._indexed = indexed
+        self._stop = asyncio.Event()
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        ready = [await self._spawn(index) for index in range(self._count)]
+        exits = [asyncio.ensure_future(p.wait()) for p in self._processes.values()]
+        all_ready = asyncio.ensure_future(asyncio.gather(*ready))
+        try:
+            done, _ = await asyncio.wait([all_ready, *exits], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in exits:
+                waiter.cancel()
+        if all_ready not in done or all_ready.exception() is not None:
+            all_ready.cancel()
+            await self._terminate()
+            raise StartupError("the gateway did not start: see its log lines above")
+        self.task = asyncio.create_task(self._supervise(), name="gateway-processes")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.task is not None:
+            await self.task
+        await self._terminate()
+
+    async def _spawn(self, index: int) -> asyncio.Future[None]:
+        """Start one gateway process; the future is done when it listens."""
+        env = {**self._env, "METERLINE_GATEWAY_WORKERS": "1"}
+        if self._indexed:
+            env["METERLINE_GATEWAY_WORKER_INDEX"] = str(index)
+        read_fd, write_fd = os.pipe()
+        env[READY_FD_ENV] = str(write_fd)
+        try:
+            self._processes[index] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.cli", "gateway", env=env, pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def on_readable() -> None:
+            try:
+                line = os.read(read_fd, 64)
+            except OSError:
+                line = b""
+            loop.remove_reader(read_fd)
+            os.close(read_fd)
+            if ready.done():
+                return
+            if line.startswith(b"ready"):
+                ready.set_result(None)
+            else:  # the end of the pipe: the process exited before it listened
+                ready.set_exception(RuntimeError(f"gateway process {index} exited before it listened"))
+
+        loop.add_reader(read_fd, on_readable)
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # a restart's is not awaited
+        return ready
+
+    async def _supervise(self) -> None:
+        while not self._stop.is_set():
+            exits = {asyncio.ensure_future(p.wait()): i for i, p in self._processes.items()}
+            stopping = asyncio.ensure_future(self._stop.wait())
             done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
             for waiter in [stopping, *exits]:
                 if waiter not in done:
                     waiter.cancel()
             for waiter in done:
-                if waiter is not stopping and not stop.is_set():
+                if waiter is not stopping and not self._stop.is_set():
                     index = exits[waiter]
-                    log.error("gateway worker exited; starting it again", worker=index, code=waiter.result())
-                    await asyncio.sleep(1.0)  # no tight restart loop when a worker cannot start at all
-                    await spawn(index)
-    finally:
-        for process in workers.values():
+                    log.error("gateway process exited; starting it again", worker=index, code=waiter.result())
+                    await asyncio.sleep(1.0)  # no tight restart loop when a process cannot start at all
+                    await self._spawn(index)
+
+    async def _terminate(self) -> None:
+        for process in self._processes.values():
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(p.wait() for p in workers.values()))
+        await asyncio.gather(*(p.wait() for p in self._processes.values()))
 
 
 async def run_pricer(settings: Settings) -> None:

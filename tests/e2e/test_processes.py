@@ -3,9 +3,11 @@ owns the store, the migration command, and a clean stop on Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -140,7 +142,12 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_records_it(org: Org, fake_p
 
 
 def _children(pid: int) -> set[int]:
-    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    """A process's children, whichever of its threads started them."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out.update(int(c) for c in (task / "children").read_text().split())
+    return out
 
 
 def test_a_multi_worker_gateway_shares_its_port_and_restarts_a_dead_worker(org: Org, fake_provider: FakeProvider,
@@ -195,3 +202,78 @@ def _listening_workers(port: int) -> int:
     hex_port = f"{port:04X}"
     lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     return sum(1 for line in lines if line.split()[1].endswith(f":{hex_port}") and line.split()[3] == "0A")
+
+
+def _gateway_pids(up_pid: int) -> list[int]:
+    pids = []
+    for child in _children(up_pid):
+        with contextlib.suppress(OSError):
+            if b"services.cli\x00gateway" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.append(child)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_up_runs_the_gateway_in_its_own_process_restarts_it_and_takes_it_down(tmp_path: Path) -> None:
+    """The pricer's batches never hold up a call: the gateway is a process of its own under
+    ``up``. One that dies is started again; when ``up`` dies, even by SIGKILL, the gateway goes
+    too instead of holding the port with no pipeline behind it."""
+    gw, q = free_port(), free_port()
+    env = {"METERLINE_GATEWAY_PORT": str(gw), "METERLINE_QUERY_PORT": str(q), "METERLINE_ADMIN_KEY": ""}
+    log = tmp_path / "up.log"
+    proc = spawn_meterline(["up", "--data-dir", str(tmp_path / "data")], env, log, own_group=True)
+    everything: set[int] = set()
+    try:
+        out = wait_for_banner(log)
+        key = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("Admin key"))
+        everything.update(_children(proc.pid))
+        [first] = _gateway_pids(proc.pid)
+        call = {"url": f"http://127.0.0.1:{gw}/api/proxy/v1/openai/chat/completions", "timeout": 30,
+                "headers": {"authorization": f"Bearer {key}", "x-provider-key": "sk-x", "x-sandbox": "true"},
+                "json": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
+        assert httpx.post(**call).status_code == 200
+
+        os.kill(first, signal.SIGKILL)
+        second = wait_until(lambda: next((p for p in _gateway_pids(proc.pid) if p != first), None),
+                            what="the gateway started again")
+        everything.add(second)
+
+        def serves() -> bool:
+            try:
+                return httpx.post(**call).status_code == 200
+            except httpx.TransportError:
+                return False
+        wait_until(serves, what="calls served by the restarted gateway")
+        assert "gateway process exited; starting it again" in log.read_text()
+
+        proc.kill()
+        proc.wait(10)
+        wait_until(lambda: not _alive(second), what="the gateway to stop with its supervisor")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in everything:  # the embedded broker is in a group of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_up_refuses_to_start_when_the_gateway_cannot_listen(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "METERLINE_GATEWAY_PORT": str(port), "METERLINE_QUERY_PORT": str(free_port()),
+               "METERLINE_ADMIN_KEY": ""}
+        r = subprocess.run([sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "Meterline is up." not in out  # nothing was announced: a port that answers was not ours
+    assert "the gateway did not start" in out and "Traceback" not in out, out
