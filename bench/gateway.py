@@ -2,8 +2,8 @@
 
 Peers, each with one worker, at concurrency 1, 8 and 32 (wrk, one thread, keep-alive):
   direct     the fast fake provider itself (nginx returning a realistic chat completion)
-  meterline  through `meterline up` (gateway + pricer + query over chDB) on a broker the
-             benchmark starts, pipeline running
+  meterline  through `meterline up` (its gateway process, with the pricer and query over chDB
+             in the other) on a broker the benchmark starts, pipeline running
   litellm    through LiteLLM's proxy, same upstream, no database (the benchmark installs
              litellm[proxy] into bench/.venv-litellm on first use; if that fails the peer is
              reported missing with the reason)
@@ -164,7 +164,7 @@ def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 def start_meterline(tmp: Path, upstream: int, bootstrap: str | None = None,
                     extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int, int]:
-    """`meterline up` (gateway, pricer and query in one process); on `bootstrap` when given,
+    """`meterline up` (pricer and query in one process, the gateway in its own); on `bootstrap` when given,
     else with its own embedded broker. Returns the process, gateway port and query port."""
     port, query = free_port(), free_port()
     env = {**os.environ, "METERLINE_OPENAI_BASE_URL": f"http://127.0.0.1:{upstream}/v1", "METERLINE_ADMIN_KEY": ADMIN_KEY,

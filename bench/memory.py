@@ -1,6 +1,6 @@
 """Gateway memory under sustained load: RSS after N proxied requests and its growth over time.
 
-The pipeline runs as `meterline up` (pricer, query and its own gateway in one process) on an
+The pipeline runs as `meterline up` (pricer and query in one process, its own idle gateway in another) on an
 embedded broker the benchmark starts, and the gateway under load is a separate `meterline gateway`
 process (METERLINE_GATEWAY_WORKERS=1, as in production, where the gateway runs alone) publishing
 to that broker and checking keys with that query service, in front of the fake nginx provider of
@@ -8,7 +8,7 @@ bench/gateway.py. wrk (one thread, concurrency 8, back-to-back runs of a few sec
 it until N requests have been served AND a minimum time has passed. Sampled every few seconds
 from /proc (VmRSS):
   gateway    the `meterline gateway` process (plus any worker processes it forks): the targets
-  pipeline   the whole `meterline up` process (pricer, query, chDB, an idle gateway) while it
+  pipeline   the whole `meterline up` process (pricer, query, chDB) while it
              prices and stores every one of those calls
   broker     the embedded broker (in-memory topics: grows with the events by design)
 
