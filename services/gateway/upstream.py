@@ -25,6 +25,7 @@ import asyncio
 import base64
 import ssl
 import urllib.request
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -143,7 +144,7 @@ class UpstreamClient:
         self._read_timeout = read_timeout_s
         self._keepalive = keepalive_s
         self._ssl = ssl_context
-        self._idle: dict[Origin, list[Connection]] = {}
+        self._idle: dict[Origin, deque[Connection]] = {}
         self._closed = False
 
     async def post(self, origin: Origin, path: str, headers: Mapping[str, str], body: bytes) -> UpstreamResponse:
@@ -181,11 +182,20 @@ class UpstreamClient:
         return await self._connect(origin)
 
     def _release(self, origin: Origin, conn: Connection) -> None:
-        if conn.finish() and not self._closed:
-            conn.idle_since = asyncio.get_running_loop().time()
-            self._idle.setdefault(origin, []).append(conn)
-        else:
+        if not conn.finish() or self._closed:
             conn.abort()
+            return
+        now = asyncio.get_running_loop().time()
+        conn.idle_since = now
+        pool = self._idle.get(origin)
+        if pool is None:
+            pool = self._idle[origin] = deque()
+        pool.append(conn)
+        # The least recently used wait at the other end: after a burst they are never taken
+        # again, so they are closed here once past the keep-alive window (or closed by the
+        # provider), rather than held until the provider drops them.
+        while pool and (pool[0].closed or now - pool[0].idle_since >= self._keepalive):
+            pool.popleft().abort()
 
     async def _connect(self, origin: Origin) -> Connection:
         loop = asyncio.get_running_loop()

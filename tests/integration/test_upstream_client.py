@@ -102,6 +102,22 @@ async def test_concurrent_calls_each_get_a_connection_and_all_are_pooled_after()
     assert provider.connections == 5
 
 
+async def test_connections_left_idle_after_a_burst_are_closed_once_past_the_keep_alive_window() -> None:
+    client = UpstreamClient(2, 2, keepalive_s=0.3)
+    async with serve(keep_answering) as provider:
+        async def call() -> bytes:
+            return await (await client.post(origin(provider), "/x", {}, b"{}")).read()
+        await asyncio.gather(*(call() for _ in range(5)))
+        [pool] = client._idle.values()
+        assert len(pool) == 5
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < 0.5:  # steady sequential traffic: only the newest connection is taken
+            await call()
+        assert len(pool) == 1 and provider.connections == 5
+        await client.close()
+
+
 async def test_a_chunked_stream_is_handed_over_as_it_arrives() -> None:
     next_chunk = asyncio.Event()
 
