@@ -62,6 +62,8 @@ class HttpServer:
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", http="httptools",
             timeout_graceful_shutdown=30, server_header=False,
+            # Nothing reads the client's address: no X-Forwarded-For rewriting on every call.
+            proxy_headers=False,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from services.gateway.asgi import (
     send_error,
 )
 from services.gateway.auth import AuthUnavailable, Caller, GatewayAuth
+from services.gateway.ids import event_id as new_event_id
 from services.gateway.metadata import MetadataError, Tracking, extract
 from services.gateway.publisher import EventPublisher
 from services.gateway.sse import SSESplitter, event_data
@@ -94,7 +94,7 @@ class Call:
     model_requested: str = ""
     streamed: bool = False
     sandbox: bool = False
-    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    event_id: str = field(default_factory=new_event_id)
 
     def event(self, usage: Usage, status: CallStatus, http_status: int, ttft_ms: float | None = None) -> UsageEvent:
         t = self.tracking
