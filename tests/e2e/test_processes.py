@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from services.common.broker import free_port, wait_for_port
+from services.runtime import PIPELINE_NICE
 from services.store.migrations import available_migrations
 from tests.e2e.conftest import Org
 from tests.fakes.provider import FakeProvider
@@ -213,6 +214,11 @@ def _gateway_pids(up_pid: int) -> list[int]:
     return pids
 
 
+def _nice(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])  # field 19, counted after the command name
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -235,6 +241,8 @@ def test_up_runs_the_gateway_in_its_own_process_restarts_it_and_takes_it_down(tm
         key = next(line.split(": ", 1)[1].strip() for line in out.splitlines() if line.startswith("Admin key"))
         everything.update(_children(proc.pid))
         [first] = _gateway_pids(proc.pid)
+        # The calls come first: the pricer's process runs at a lower priority than the gateway.
+        assert _nice(first) == 0 and _nice(proc.pid) == PIPELINE_NICE
         call = {"url": f"http://127.0.0.1:{gw}/api/proxy/v1/openai/chat/completions", "timeout": 30,
                 "headers": {"authorization": f"Bearer {key}", "x-provider-key": "sk-x", "x-sandbox": "true"},
                 "json": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
