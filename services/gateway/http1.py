@@ -92,12 +92,6 @@ class Connection(asyncio.Protocol):
         else:
             self._fail(UpstreamBroken("the provider closed the connection before its answer was complete"))
 
-    def pause_writing(self) -> None:  # a request body is written once, whole; nothing to pause
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # -- httptools callbacks --------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -58,8 +58,9 @@ class Origin:
         via = None
         authorization = None
         if proxy:
-            via = cls.parse(proxy if "://" in proxy else f"http://{proxy}")
-            proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            proxy_url = proxy if "://" in proxy else f"http://{proxy}"
+            via = cls.parse(proxy_url)
+            proxy_parts = urlsplit(proxy_url)
             if proxy_parts.username is not None:
                 credentials = f"{unquote(proxy_parts.username)}:{unquote(proxy_parts.password or '')}"
                 authorization = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
