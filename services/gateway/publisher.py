@@ -58,8 +58,7 @@ class EventPublisher:
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         self._spool_has_data = not spool.is_empty()
-        self._partition_of: dict[bytes, int] = {}  # key -> index among the partitions, for this count of them
-        self._partition_count = 0
+        self._key_hash: dict[bytes, int] = {}  # key -> its murmur2, positive: the partitioner's input
         self.stats = PublisherStats()
 
     async def start(self) -> None:
@@ -126,18 +125,15 @@ class EventPublisher:
         goes where the default partitioner would put it (murmur2 of its key, as Java's client
         does), so an organisation's events stay on one partition."""
         partitions = sorted(await producer.partitions_for(self._topic))
-        if len(partitions) != self._partition_count:
-            self._partition_of.clear()
-            self._partition_count = len(partitions)
         batches: dict[int, BatchBuilder] = {}
         futures: list[asyncio.Future[object]] = []
         for payload, key in zip(payloads, keys):
-            index = self._partition_of.get(key)
-            if index is None:
-                if len(self._partition_of) > 10_000:
-                    self._partition_of.clear()
-                index = self._partition_of[key] = (murmur2(key) & 0x7FFFFFFF) % len(partitions)
-            partition = partitions[index]
+            hashed = self._key_hash.get(key)
+            if hashed is None:
+                if len(self._key_hash) > 10_000:
+                    self._key_hash.clear()
+                hashed = self._key_hash[key] = murmur2(key) & 0x7FFFFFFF
+            partition = partitions[hashed % len(partitions)]
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()
