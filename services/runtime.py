@@ -257,8 +257,10 @@ async def _supervise_gateway_workers(settings: Settings) -> None:
     processes = GatewayProcesses(settings.gateway.workers, dict(os.environ), indexed=True)
     await processes.start()
     log.info("gateway listening", port=settings.gateway.port, workers=settings.gateway.workers)
-    await _wait(stop, processes.task)
-    await processes.stop()
+    try:
+        await _wait(stop, processes.task)
+    finally:  # however the wait ends, the workers drain and stop before the supervisor exits
+        await processes.stop()
 
 
 class StartupError(RuntimeError):
