@@ -180,6 +180,8 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
 
     def abort(self) -> None:
+        """Close the connection at once, ending any exchange on it."""
+        self._active = False
         self.closed = True
         self._cancel_timer()
         if self.transport is not None:

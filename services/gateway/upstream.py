@@ -129,7 +129,6 @@ class UpstreamResponse:
     def close(self) -> None:
         if not self._done:
             self._done = True
-            self._conn.finish()
             self._conn.abort()
 
     def _release(self) -> None:
@@ -157,7 +156,6 @@ class UpstreamClient:
             conn.send(head + body)
             await conn.response_head()
         except BaseException:
-            conn.finish()
             conn.abort()
             raise
         return UpstreamResponse(conn, self, origin)
