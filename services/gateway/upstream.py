@@ -206,7 +206,11 @@ class UpstreamClient:
                 _, conn = await loop.create_connection(lambda: Connection(loop, self._read_timeout), hop.host, hop.port,
                                                        ssl=tls, server_hostname=hop.host if tls else None)
                 if tunnel:
-                    await _open_tunnel(loop, conn, origin, self._tls())
+                    try:
+                        await _open_tunnel(loop, conn, origin, self._tls())
+                    except BaseException:  # refused, timed out or a failed handshake: drop the proxy connection
+                        conn.abort()
+                        raise
         except TimeoutError:
             raise TimeoutError(f"connecting to {hop.authority} took longer than {self._connect_timeout:g} s") from None
         except OSError as exc:
@@ -228,7 +232,6 @@ async def _open_tunnel(loop: asyncio.AbstractEventLoop, conn: Connection, origin
     conn.send(("".join(lines) + "\r\n").encode("latin-1"))
     await conn.response_head()
     if not 200 <= conn.status < 300:
-        conn.abort()
         raise UpstreamBroken(f"the egress proxy refused the tunnel to {target}: HTTP {conn.status}")
     conn.finish()
     conn.reset_parser()

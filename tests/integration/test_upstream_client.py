@@ -386,6 +386,23 @@ async def test_a_refused_tunnel_is_a_broken_upstream() -> None:
     await client.close()
 
 
+async def test_a_tunnel_that_never_opens_times_out_and_its_proxy_connection_is_closed() -> None:
+    closed = asyncio.Event()
+
+    async def silent(proxy: Provider, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the CONNECT, never answered
+        await reader.read()  # returns at the client's close
+        closed.set()
+
+    client = UpstreamClient(0.3, 2)
+    async with serve(silent) as proxy:
+        via = Origin.parse("https://api.provider.test/v1", f"http://127.0.0.1:{proxy.port}")
+        with pytest.raises(TimeoutError, match="connecting"):
+            await client.post(via, "/x", {}, b"{}")
+        await asyncio.wait_for(closed.wait(), 5)
+    await client.close()
+
+
 def test_origins_parse_what_base_urls_and_proxy_settings_say() -> None:
     o = Origin.parse("https://api.openai.com/v1/")
     assert (o.scheme, o.host, o.port, o.base_path, o.authority, o.proxy) == ("https", "api.openai.com", 443, "/v1", "api.openai.com", None)
