@@ -242,7 +242,8 @@ class Population:
     @staticmethod
     def reference(line: bytes) -> bytes:
         """A row's call made again the pricer's way (UsageEvent -> PricedEvent -> rows.to_row),
-        written by the store's row encoder."""
+        written by the store's row encoder as a JSONEachRow object (the pricer's own inserts
+        carry the same values positionally, as JSONCompactEachRow)."""
         import msgspec
 
         from schemas.events import UsageEvent
@@ -256,8 +257,8 @@ class Population:
         event = UsageEvent(**fields, user=row["user_id"])
         cost = Cost(*(Decimal(row[f"{k}_cost"]) for k in ("input", "cache_read", "cache_write", "output")))
         priced = PricedEvent(event, cost, row["pricing_status"], row["priced_model"], row["price_source"])
-        return encode_rows([to_row(priced, row["prompt_version"], row["kafka_topic"], row["kafka_partition"],
-                                   row["kafka_offset"])])
+        usage_row = to_row(priced, row["prompt_version"], row["kafka_topic"], row["kafka_partition"], row["kafka_offset"])
+        return encode_rows([msgspec.structs.asdict(usage_row)])
 
 
 async def create_org(store: Any, seed: int, dims: dict[str, int]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """From a priced, attributed event to the ``usage_events`` row. Pure.
 
 A row is a Struct, not a dict: the pricer builds one per event, and a 45-key dict plus its JSON
-encoding cost twice what the Struct does (field names are encoded once per type, not per row).
-Encoded, it is a JSONEachRow line with the table's column names.
+encoding cost twice what the Struct does. It is array-like: encoded, it is a JSON array of values
+in field order, which the store inserts as JSONCompactEachRow under the fields' names as the
+column list. ClickHouse then reads values by position instead of matching 40 keys per row, which
+took about a sixth of an embedded insert's CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import msgspec
 from services.pricer.pricing import PricedEvent
 
 
-class UsageRow(msgspec.Struct, gc=False):
+class UsageRow(msgspec.Struct, array_like=True, gc=False):
     event_id: str
     request_id: str
     org_id: str

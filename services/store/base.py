@@ -1,8 +1,9 @@
 """The store seam: the one interface the pricer and the query service use to reach ClickHouse.
 
 Two drivers implement it, embedded chDB and a ClickHouse server over HTTP, and both speak the
-same SQL and the same wire formats: rows go in as JSONEachRow and come out as JSONEachRow, so
-what a test proves against chDB holds against a server.
+same SQL and the same wire formats: rows go in as JSONEachRow (or, for array-like Structs,
+JSONCompactEachRow under an explicit column list) and come out as JSONEachRow, so what a test
+proves against chDB holds against a server.
 
 Query parameters use ClickHouse's server-side binding (``{name:Type}``), never string
 formatting, so no value can change a query's meaning.
@@ -15,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 from clickhouse_connect.driver.binding import format_bind_value
@@ -66,8 +67,8 @@ class Store(Protocol):
     async def insert(
         self, table: str, rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes, *, dedup_token: str | None = None
     ) -> None:
-        """Insert rows (dicts, or ready JSONEachRow bytes). With ``dedup_token``, inserting the same
-        token again is a no-op in the table and in every materialized view it feeds."""
+        """Insert rows (dicts, Structs, or ready JSONEachRow bytes). With ``dedup_token``, inserting
+        the same token again is a no-op in the table and in every materialized view it feeds."""
         ...
 
     async def close(self) -> None: ...
@@ -131,7 +132,8 @@ _row_encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 def encode_rows(rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes) -> bytes:
-    """Rows (mappings or Structs, named by column) as JSONEachRow: one JSON object per line."""
+    """Rows as one JSON value per line: an object per mapping or Struct (JSONEachRow), an array
+    per array-like Struct (JSONCompactEachRow, see ``encode_insert``)."""
     if isinstance(rows, (bytes, bytearray)):
         return bytes(rows)
     return _row_encoder.encode_lines(rows)
@@ -143,8 +145,8 @@ ENCODE_CHUNK = 2_000  # rows: about 5 ms of encoding
 async def encode_rows_in_turns(rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes) -> bytes:
     """``encode_rows``, ``ENCODE_CHUNK`` rows at a time with a turn of the event loop between:
     a pricer's batch of 20k rows encoded at once holds the loop for about 50 ms, and in
-    ``meterline up`` the gateway and the query service share that loop. JSONEachRow is one line
-    per row, so the chunks' bytes joined are the batch's."""
+    ``meterline up`` the gateway and the query service share that loop. Each row is one line, so
+    the chunks' bytes joined are the batch's."""
     if isinstance(rows, (bytes, bytearray)):
         return encode_rows(rows)  # encoded already
     rows = rows if isinstance(rows, Sequence) else list(rows)
@@ -154,6 +156,38 @@ async def encode_rows_in_turns(rows: Sequence[Mapping[str, Any] | msgspec.Struct
             await asyncio.sleep(0)
         chunks.append(encode_rows(rows[start:start + ENCODE_CHUNK]))
     return b"".join(chunks)
+
+
+class EncodedRows(NamedTuple):
+    """An insert's body, with the input format and column list that read it."""
+
+    data: bytes
+    format: str
+    columns: tuple[str, ...] | None  # None: the format names every value (JSONEachRow)
+
+    @property
+    def column_list(self) -> str:
+        """The ``(a, b, ...)`` of an ``INSERT INTO t (a, b, ...)``, or nothing."""
+        return f" ({', '.join(self.columns)})" if self.columns else ""
+
+
+def _array_like_fields(rows: Sequence[Any]) -> tuple[str, ...] | None:
+    first = rows[0] if rows else None
+    if isinstance(first, msgspec.Struct) and first.__struct_config__.array_like:
+        return first.__struct_fields__
+    return None
+
+
+async def encode_insert(rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes) -> EncodedRows:
+    """Rows encoded for an insert, in turns of the event loop (``encode_rows_in_turns``).
+    Array-like Structs (the pricer's rows) are JSON arrays in field order: JSONCompactEachRow,
+    with the fields as the column list. Everything else is JSONEachRow. A batch is one type."""
+    if isinstance(rows, (bytes, bytearray)):
+        return EncodedRows(bytes(rows), "JSONEachRow", None)
+    rows = rows if isinstance(rows, Sequence) else list(rows)
+    fields = _array_like_fields(rows)
+    data = await encode_rows_in_turns(rows)
+    return EncodedRows(data, "JSONCompactEachRow", fields) if fields else EncodedRows(data, "JSONEachRow", None)
 
 
 def settings_clause(settings: Mapping[str, Any]) -> str:

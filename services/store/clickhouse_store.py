@@ -14,8 +14,14 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from services.store.base import INSERT_SETTINGS, JSON_ARRAY_SETTINGS, READ_SETTINGS, StoreError, encode_rows_in_turns, plain_params
-
+from services.store.base import (
+    INSERT_SETTINGS,
+    JSON_ARRAY_SETTINGS,
+    READ_SETTINGS,
+    StoreError,
+    encode_insert,
+    plain_params,
+)
 
 
 class ClickHouseStore:
@@ -62,13 +68,15 @@ class ClickHouseStore:
     async def insert(
         self, table: str, rows: Sequence[Mapping[str, Any] | msgspec.Struct] | bytes, *, dedup_token: str | None = None
     ) -> None:
-        payload = await encode_rows_in_turns(rows)
-        if not payload:
+        payload = await encode_insert(rows)
+        if not payload.data:
             return
         settings = dict(INSERT_SETTINGS)
         if dedup_token is not None:
             settings["insert_deduplication_token"] = dedup_token
-        await self._run(lambda: self._client.raw_insert(table, insert_block=payload, settings=settings, fmt="JSONEachRow"))
+        await self._run(lambda: self._client.raw_insert(
+            table, column_names=payload.columns, insert_block=payload.data, settings=settings, fmt=payload.format
+        ))
 
     async def close(self) -> None:
         self._client.close()

@@ -62,3 +62,22 @@ async def test_migrations_and_dedup_hold_on_a_server(server_url: str) -> None:
     assert json.loads(body, parse_float=Decimal) == [{"n": 1, "c": Decimal("0.000000000001")}]
     assert b'"c":0.000000000001}' in body
     await store.close()
+
+
+async def test_the_pricers_rows_go_in_by_position_on_a_server(server_url: str) -> None:
+    from services.pricer.rows import UsageRow
+    from tests.integration.test_store_inserts import a_row
+
+    store = ClickHouseStore(server_url)
+    await migrate(store)
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    row = a_row(org)
+    await store.insert("usage_events", [row], dedup_token=f"t-{org}")
+    [stored] = await store.select(
+        f"SELECT {', '.join(f for f in UsageRow.__struct_fields__ if f != 'started_at')} FROM usage_events"
+        " WHERE org_id = {o:String}",
+        {"o": org},
+    )
+    assert stored["kafka_offset"] == 2**40 + 1 and stored["tags"] == ["env:prod", 'quote"and\\slash']
+    assert Decimal(stored["output_cost"]) == row.output_cost and stored["ttft_ms"] == 88.25
+    await store.close()
