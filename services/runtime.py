@@ -198,7 +198,7 @@ async def run_embedded(settings: Settings, announce: Any) -> None:
     parts: list[Any] = []
     gateway: GatewayProcesses | None = None
     try:
-        await ensure_topics(bootstrap, {settings.kafka.raw_topic: settings.kafka.partitions, settings.kafka.dlq_topic: 1})
+        await ensure_topics(bootstrap, {settings.kafka.raw_topic: settings.kafka.raw_partitions(), settings.kafka.dlq_topic: 1})
         gateway = GatewayProcesses(settings.gateway.workers, _embedded_gateway_env(settings, bootstrap),
                                    indexed=settings.gateway.workers > 1)
         await gateway.launch()  # before the priority drop below, which children would inherit
@@ -399,7 +399,7 @@ async def run_pricer(settings: Settings) -> None:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     bootstrap = _require_bootstrap(settings)
-    await ensure_topics(bootstrap, {settings.kafka.raw_topic: settings.kafka.partitions, settings.kafka.dlq_topic: 1})
+    await ensure_topics(bootstrap, {settings.kafka.raw_topic: settings.kafka.raw_partitions(), settings.kafka.dlq_topic: 1})
     store = await _prepared_store(settings)
     pricer = PricerPart(settings, store, bootstrap)
     await pricer.start()

@@ -27,7 +27,10 @@ def test_defaults():
     assert s.gateway.read_timeout_s == 600.0
     assert s.gateway.event_queue_size == 100_000
     assert s.kafka.bootstrap is None
-    assert s.kafka.partitions == 6
+    assert s.kafka.partitions is None
+    assert s.kafka.raw_partitions() == 1  # the embedded broker: one pricer, one insert per batch
+    assert load_settings({"METERLINE_KAFKA_BOOTSTRAP": "kafka:9092"}).kafka.raw_partitions() == 6
+    assert load_settings({"METERLINE_KAFKA_PARTITIONS": "3"}).kafka.raw_partitions() == 3  # chosen, even embedded
     assert (s.kafka.raw_topic, s.kafka.dlq_topic) == (RAW_TOPIC, DLQ_TOPIC) == ("meterline.usage.raw", "meterline.usage.dlq")
     assert s.pricer.group_id == "meterline-pricer"
     assert s.pricer.batch_max_events == 20_000
@@ -90,7 +93,7 @@ def test_env_overrides():
     assert s.gateway.anthropic_base_url == "https://proxy.example.com/anthropic"
     assert s.gateway.query_url == "http://127.0.0.1:9001"  # follows the query port
     assert s.kafka.bootstrap == "kafka:9092"
-    assert s.kafka.partitions == 12
+    assert s.kafka.partitions == s.kafka.raw_partitions() == 12
     assert s.store.url == "http://user:pw@clickhouse:8123/meterline"
     assert not s.store.is_embedded
     assert s.gateway.max_body_bytes == 2048
