@@ -14,7 +14,7 @@ import pytest
 
 from services.pricer.rows import UsageRow
 from services.store.base import StoreError, encode_insert
-from services.store.chdb_store import ChdbStore
+from services.store.chdb_store import ChdbStore, InsertBody
 
 
 def a_row(org: str, **fields: object) -> UsageRow:
@@ -98,3 +98,18 @@ async def test_the_rows_file_is_emptied_after_each_insert(store: ChdbStore) -> N
     with pytest.raises(StoreError):
         await store.insert("usage_events", [{"event_id": "not-a-uuid", "org_id": org}])
     assert os.stat(store._body.path).st_size == 0  # nor after a refused one
+
+
+@pytest.mark.parametrize("memfd", [True, False], ids=["memfd", "unlinked-temporary-file"])
+def test_the_rows_file_holds_exactly_the_batch_while_the_engine_reads_it(monkeypatch: pytest.MonkeyPatch, memfd: bool) -> None:
+    if not memfd:  # as on a system without memfd_create
+        monkeypatch.delattr(os, "memfd_create")
+    body = InsertBody()
+    try:
+        for data in (b"[1,2]\n" * 50_000, b"[3]\n"):  # a short batch after a long one: nothing of it left over
+            with body.holding(data) as path:
+                with open(path, "rb") as engine_view:
+                    assert engine_view.read() == data
+            assert os.stat(body.path).st_size == 0
+    finally:
+        body.close()
