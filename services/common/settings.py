@@ -105,10 +105,11 @@ class Settings:
     log_json: bool = False
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int = 0, hi: int = 2**31) -> int:
+def _optional_int(env: Mapping[str, str], name: str, lo: int = 0, hi: int = 2**31) -> int | None:
+    """The setting as an integer within [lo, hi], or None when it is unset or empty."""
     raw = env.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
         value = int(raw)
     except ValueError:
@@ -116,6 +117,11 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int = 0, hi: int =
     if not lo <= value <= hi:
         raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int = 0, hi: int = 2**31) -> int:
+    value = _optional_int(env, name, lo, hi)
+    return default if value is None else value
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -160,7 +166,7 @@ def load_settings(env: Mapping[str, str] | None = None, data_dir: Path | None = 
     log_level = (env.get("METERLINE_LOG_LEVEL") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"METERLINE_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
-    worker_index = _int(env, "METERLINE_GATEWAY_WORKER_INDEX", -1, 0, 1023) if env.get("METERLINE_GATEWAY_WORKER_INDEX") else None
+    worker_index = _optional_int(env, "METERLINE_GATEWAY_WORKER_INDEX", 0, 1023)
     # "{hostname}" keeps replicas that share a volume in directories of their own; a worker of
     # a multi-process gateway keeps a directory of its own below that, which the worker that
     # takes its index after a restart replays.
@@ -170,7 +176,7 @@ def load_settings(env: Mapping[str, str] | None = None, data_dir: Path | None = 
     return Settings(
         kafka=KafkaSettings(
             bootstrap=env.get("METERLINE_KAFKA_BOOTSTRAP") or None,
-            partitions=_int(env, "METERLINE_KAFKA_PARTITIONS", 6, 1, 1024) if env.get("METERLINE_KAFKA_PARTITIONS") else None,
+            partitions=_optional_int(env, "METERLINE_KAFKA_PARTITIONS", 1, 1024),
         ),
         store=StoreSettings(url=_store_url(env, data_dir)),
         gateway=GatewaySettings(
