@@ -61,14 +61,13 @@ class InsertBody:
 
     @contextmanager
     def holding(self, data: bytes) -> Iterator[str]:
-        os.ftruncate(self._fd, 0)
-        view = memoryview(data)
-        while view:  # pwrite may write less than asked
-            view = view[os.pwrite(self._fd, view, len(data) - len(view)):]
         try:
+            view = memoryview(data)
+            while view:  # pwrite may write less than asked
+                view = view[os.pwrite(self._fd, view, len(data) - len(view)):]
             yield self.path
         finally:
-            os.ftruncate(self._fd, 0)  # give the batch's memory back between inserts
+            os.ftruncate(self._fd, 0)  # empty for the next batch, and the batch's memory given back
 
     def close(self) -> None:
         os.close(self._fd)
