@@ -7,20 +7,24 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 async def read_range(bootstrap: str, topic: str, partition: int, first: int, last: int) -> list[tuple[int, bytes | None]]:
-    """``(offset, value)`` of the messages in ``[first, last]`` that the partition still holds."""
+    """``(offset, value)`` of the messages in ``[first, last]`` that the partition still holds.
+
+    Read until past ``last``; the partition's end offset only says when to stop short (a topic
+    recreated since the range was recorded), and only once a fetch brings nothing: the embedded
+    broker (Tansu) reports as the end the first offset of the last record batch plus one, so a
+    range written as one batch of 30 messages would otherwise be read as its first message."""
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
         consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        stop = min(last, end - 1)
         consumer.seek(tp, first)
         out: list[tuple[int, bytes | None]] = []
-        while await consumer.position(tp) <= stop:
-            for message in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                if message.offset <= stop:
-                    out.append((message.offset, message.value))
+        while (position := await consumer.position(tp)) <= last:
+            messages = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+            out.extend((m.offset, m.value) for m in messages if m.offset <= last)
+            if not messages and position >= (await consumer.end_offsets([tp]))[tp]:
+                break
         return out
     finally:
         await consumer.stop()
