@@ -172,10 +172,11 @@ async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, 
                 continue
             if started is None:
                 started, cpu0, loop0 = time.perf_counter(), _cpu_s(), time.thread_time()
-            for tp, messages in records.items():
-                rows = [to_row(PricedEvent(decode_event(m.value), Cost(), "priced"), 0, topic, tp.partition, m.offset)
-                        for m in messages]
-                await store.insert("usage_events", rows, dedup_token=f"raw:{tp.partition}:{messages[0].offset}")
+            # one insert per poll, over every partition in it, as the pricer writes one per flush
+            rows = [to_row(PricedEvent(decode_event(m.value), Cost(), "priced"), 0, topic, tp.partition, m.offset)
+                    for tp, messages in sorted(records.items()) for m in messages]
+            firsts = "+".join(f"{tp.partition}:{ms[0].offset}" for tp, ms in sorted(records.items()))
+            await store.insert("usage_events", rows, dedup_token=f"raw:{firsts}")
             await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in records.items()})
             for tp, ms in records.items():
                 done[tp.partition] = ms[-1].offset + 1

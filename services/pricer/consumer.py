@@ -18,6 +18,9 @@ Promises:
   hiding it from every later owner;
 - one flush at a time: the consume loop and the revoke listener (aiokafka's coordinator task)
   share a lock, and the listener skips its flush when the loop holds it;
+- a flush is one insert for all its partitions, and a partition is never revoked while that
+  insert is being recorded (the listener waits for the record), so every later owner of one of
+  them finds the record and replays it;
 - the event loop is never held for long: a poll returns at most ``POLL_MAX_RECORDS`` messages
   and pricing yields every ``PRICE_CHUNK`` events, so a backlog (a spool replayed after a broker
   outage, a pricer catching up) does not stall what shares the loop (in ``meterline up``, the
@@ -80,13 +83,22 @@ class _Pending:
             self.opened_at = None
 
 
-async def _release(stored: _Pending, batches: list[PartitionBatch], recorded: dict[int, RecordedInsert | None]) -> None:
+@dataclass
+class _FlushInsert:
+    """A flush's insert, recorded once (``None`` when nothing in the flush was new): a retry
+    after a failure applies the same one."""
+
+    recorded: bool = False
+    insert: RecordedInsert | None = None
+
+
+async def _release(stored: _Pending, batches: list[PartitionBatch], flush: _FlushInsert) -> None:
     """Free a stored batch a partition at a time, yielding to the event loop between: its tens of
     thousands of events and rows, freed in one go, would hold the loop for tens of milliseconds."""
+    flush.insert = None  # its list only: the rows are the batches' own
     while batches:
         partition = batches.pop().partition
         stored.events.pop(partition, None)
-        recorded.pop(partition, None)
         await asyncio.sleep(0)
 
 
@@ -116,6 +128,8 @@ class Pricer:
         self._state_marker: state.Marker | None = None  # None: reload at the next check
         self._stopping = asyncio.Event()
         self._flush_lock = asyncio.Lock()  # one flush or recovery at a time (loop or listener)
+        # Held while a flush's insert is recorded; the revoke listener waits for it (see _record).
+        self._record_lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.stored_total = 0  # rows written by this process, for logs and tests
@@ -208,12 +222,13 @@ class Pricer:
         recovered, then let the consume loop read them from their committed offsets."""
         assert self._consumer is not None
         await self._refresh_state()
+        replayed: set[str] = set()  # an insert over several of these partitions is replayed once
         for p in sorted(self._unrecovered):
             assignments = self._assignments
             tp = self._tp(p)
             try:
                 committed = await self._consumer.committed(tp)
-                await self._replay_intents(p, committed or 0)
+                await self._replay_intents(p, committed or 0, replayed)
                 if assignments != self._assignments or p not in self._unrecovered:
                     continue  # it changed hands meanwhile: a new assignment is recovered anew
                 # Anything read of it before it was paused is dropped and read again, in order.
@@ -231,20 +246,26 @@ class Pricer:
             if assignments == self._assignments:
                 self._unrecovered.discard(p)
 
-    async def _replay_intents(self, partition: int, committed: int) -> None:
+    async def _replay_intents(self, partition: int, committed: int, replayed: set[str]) -> None:
+        """Replay, whole, each insert recorded with the partition's messages from ``committed``
+        on, reading every partition it held (outside the consumer group)."""
         for intent in await intents_from(self._store, self._kafka.raw_topic, partition, committed):
-            messages = await read_range(self._bootstrap, self._kafka.raw_topic, partition,
-                                        intent.first_offset, intent.last_offset)
-            entries = [(offset, e) for offset, value in messages if not isinstance(e := decode(value), Poison)]
+            if intent.dedup_token in replayed:
+                continue
+            entries: dict[int, list[tuple[int, UsageEvent]]] = {}
+            for s in intent.slices:
+                messages = await read_range(self._bootstrap, self._kafka.raw_topic, s.partition, s.first_offset, s.last_offset)
+                entries[s.partition] = [(offset, e) for offset, value in messages if not isinstance(e := decode(value), Poison)]
             # Priced with the state the first run saw (or newer): the views it completes must
             # agree with the table.
-            await self._refresh_state(max((e.started_at for _, e in entries), default=None))
+            await self._refresh_state(max((e.started_at for es in entries.values() for _, e in es), default=None))
             registrations: list[Registration] = []
-            rows = await self._rows(partition, entries, registrations)
+            rows = {p: await self._rows(p, es, registrations) for p, es in entries.items()}
             await state.register_prompts(self._store, registrations)
-            replayed = await replay(self._store, intent, rows)
-            log.info("replayed a recorded insert", partition=partition, first=intent.first_offset,
-                     last=intent.last_offset, rows=replayed)
+            written = await replay(self._store, intent, rows)
+            replayed.add(intent.dedup_token)
+            log.info("replayed a recorded insert", partition=partition, token=intent.dedup_token, rows=written,
+                     slices=[(s.partition, s.first_offset, s.last_offset) for s in intent.slices])
 
     async def on_revoked(self, partitions: set[int]) -> None:
         """Write what we hold for partitions we are losing, so the next owner need not redo it.
@@ -257,9 +278,12 @@ class Pricer:
                     await self._flush(retry=False)
                 except Exception as exc:  # noqa: BLE001 - any failure here means: leave it to the next owner
                     log.warning("flush on revoke failed; leaving the batch to the next owner", error=str(exc))
-        self._pending.drop_partitions(partitions)
-        self._owned -= partitions
-        self._unrecovered -= partitions  # the next owner recovers them
+        # A record the consume loop is making is finished first, as ours: the rebalance (and the
+        # next owner's recovery) waits for this listener, so that owner then finds the record.
+        async with self._record_lock:
+            self._pending.drop_partitions(partitions)
+            self._owned -= partitions
+            self._unrecovered -= partitions  # the next owner recovers them
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -362,27 +386,32 @@ class Pricer:
             sends.append(await self._producer.send(self._kafka.dlq_topic, value=value or b"", key=key, headers=headers))
         await asyncio.gather(*sends)
 
-    async def _write_all(
-        self, batches: list[PartitionBatch], registrations: list[Registration], recorded: dict[int, RecordedInsert | None]
-    ) -> int:
-        """Record each batch's insert once, then apply every recorded one of a partition still
-        ours. ``recorded`` lives for the whole flush, so a retry after a failure re-applies the
-        same inserts."""
+    async def _write_all(self, batches: list[PartitionBatch], registrations: list[Registration], flush: _FlushInsert) -> int:
+        """Record the flush's insert once, then apply it. ``flush`` lives for the whole flush, so
+        a retry after a failure applies the same insert."""
         await state.register_prompts(self._store, registrations)
-        # A partition lost since (or lost and assigned anew) is not recorded: its next owner may
-        # already have recovered it, and would not see this insert to complete it.
-        to_record = [b for b in batches if b.rows and b.partition not in recorded and self._writable(b.partition)]
-        if to_record:
-            recorded.update(await record(self._store, to_record))
-        written = 0
-        for partition, insert in recorded.items():
-            # Not applied for a partition lost meanwhile: an owner that recovered it after this
-            # record replays it; one that recovered it before reads the events itself, and this
-            # apply, under another token, would store them twice.
-            if insert is not None and self._writable(partition):
-                await apply(self._store, insert)
-                written += len(insert.rows)
-        return written
+        if not flush.recorded:
+            flush.insert = await self._record(batches)
+            flush.recorded = True
+        insert = flush.insert
+        # Applied whole even when some of its partitions were lost since it was recorded: their
+        # new owners recover them after the record (see _record), so they replay this same
+        # insert, under its token, and ClickHouse stores it once. Left to them when all were lost.
+        if insert is None or not any(self._writable(p) for p in insert.partitions):
+            return 0
+        await apply(self._store, insert)
+        return len(insert.rows)
+
+    async def _record(self, batches: list[PartitionBatch]) -> RecordedInsert | None:
+        """Record one insert of the batches of partitions still ours (one lost before, or lost
+        and assigned anew, is left out). Under ``_record_lock``, which the revoke listener waits
+        for: a partition is never lost while its insert is being recorded. Lost then, its new
+        owner could recover it before the record existed, store its events itself, and this
+        insert, holding them too under another token, store them a second time. So every owner
+        that gets a partition of this insert later recovers it after the record, and replays it.
+        Holds the rebalance for one insert into ingest_batches at most."""
+        async with self._record_lock:
+            return await record(self._store, [b for b in batches if b.rows and self._writable(b.partition)])
 
     async def _flush(self, *, retry: bool = True) -> None:
         """Write the pending batch, then commit its offsets. Blocks until both are done; retries
@@ -409,8 +438,8 @@ class Pricer:
                 batches.append(batch)
         if self._pending.poison:
             await self._dead_letter()
-        recorded: dict[int, RecordedInsert | None] = {}
-        written = await self._with_retry(lambda: self._write_all(batches, registrations, recorded), retry)
+        flush = _FlushInsert()
+        written = await self._with_retry(lambda: self._write_all(batches, registrations, flush), retry)
         # A partition lost, or assigned anew, while we wrote is not committed: its next owner (or
         # our own recovery) reads it again from the committed offset.
         offsets = {self._tp(p): last + 1 for p, last in self._pending.last_offset.items() if self._writable(p)}
@@ -428,7 +457,7 @@ class Pricer:
         self.stored_total += written
         log.debug("batch stored", rows=written, messages=self._pending.count, partitions=len(offsets))
         stored, self._pending = self._pending, _Pending()
-        await _release(stored, batches, recorded)
+        await _release(stored, batches, flush)
 
     async def _with_retry(self, step: Any, retry: bool) -> Any:
         delay = 0.1

@@ -12,19 +12,26 @@ of another shape. Two mechanisms make the store exactly once:
 - **An insert cut short is replayed whole.** ClickHouse writes a table and its materialized
   views one after the other, so a pricer killed mid-insert can leave an event in
   ``usage_events`` but not in every rollup, and the first rule would then skip it for good. So
-  each insert is first recorded in ``ingest_batches`` (offsets, token, ids); the next owner of
-  the partition replays recorded batches from its committed offset on with the same token, and
-  ClickHouse writes exactly what is missing. For the same reason a failed insert is retried as
-  recorded (``record`` once, then ``apply`` until it succeeds), never filtered again: the failure
-  may have come after the table took the rows and before every view did.
+  each insert is first recorded in ``ingest_batches`` (per partition: offsets, token, ids); the
+  next owner of a partition replays the inserts recorded from its committed offset on with the
+  same token, and ClickHouse writes exactly what is missing. For the same reason a failed insert
+  is retried as recorded (``record`` once, then ``apply`` until it succeeds), never filtered
+  again: the failure may have come after the table took the rows and before every view did.
+
+One insert holds a flush's rows of every partition (an insert's fixed cost in ClickHouse is tens
+of milliseconds: per partition, it was most of the store's work at a pricer's batch sizes). Its
+rows in ``ingest_batches`` share its token and each lists the others (``block``), so whichever
+partition's next owner comes first replays the insert whole: a replay of one partition's rows
+under the block's token would complete a view that missed the insert with part of it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 from services.pricer.rows import UsageRow
@@ -41,10 +48,20 @@ class PartitionBatch:
 
     @property
     def dedup_token(self) -> str:
-        # The digest of the event ids keeps tokens unique when a topic is recreated and its
-        # offsets start again from zero (the embedded broker keeps topics in memory only).
-        digest = hashlib.blake2b("".join([row.event_id for row in self.rows]).encode(), digest_size=8)
-        return f"{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}:{digest.hexdigest()}"
+        """The token of an insert of this batch alone."""
+        return block_token([self])
+
+
+def block_token(batches: Sequence[PartitionBatch]) -> str:
+    """The deduplication token of one insert of ``batches`` (one topic, in partition order): their
+    offset ranges, and a digest of their event ids that keeps tokens unique when a topic is
+    recreated and its offsets start again from zero (the embedded broker keeps topics in memory
+    only). For one partition: ``topic:partition:first-last:digest``."""
+    digest = hashlib.blake2b(digest_size=8)
+    for batch in batches:
+        digest.update("".join([row.event_id for row in batch.rows]).encode())
+    ranges = "+".join(f"{b.partition}:{b.first_offset}-{b.last_offset}" for b in batches)
+    return f"{batches[0].topic}:{ranges}:{digest.hexdigest()}"
 
 
 async def already_stored(store: Store, rows: Sequence[UsageRow]) -> set[str]:
@@ -69,13 +86,21 @@ async def already_stored(store: Store, rows: Sequence[UsageRow]) -> set[str]:
 
 
 @dataclass(frozen=True)
-class Intent:
-    """A recorded insert: what to replay if it may have been cut short."""
+class Slice:
+    """One partition's part of a recorded insert."""
 
+    partition: int
     first_offset: int
     last_offset: int
-    dedup_token: str
     event_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A recorded insert: what to replay, whole, if it may have been cut short."""
+
+    dedup_token: str
+    slices: tuple[Slice, ...]  # in partition order, as the insert held them
 
 
 @dataclass(frozen=True)
@@ -84,31 +109,36 @@ class RecordedInsert:
 
     rows: list[UsageRow]
     dedup_token: str
+    partitions: frozenset[int]
 
 
-async def record(store: Store, batches: Sequence[PartitionBatch]) -> dict[int, RecordedInsert | None]:
-    """For each partition's batch, choose its rows not yet stored and record the insert of them;
-    ``None`` for a batch with none. One read of the stored ids and one insert of the records for
-    all the batches of a flush: per batch, those two fixed costs were a tenth of the pricer's
-    time. Raises ``StoreError`` (then nothing is recorded, and it may be called again)."""
-    unique = {b.partition: list({r.event_id: r for r in reversed(b.rows)}.values())[::-1] for b in batches}  # first copy wins
-    present = await already_stored(store, [r for rows in unique.values() for r in rows])
-    recorded: dict[int, RecordedInsert | None] = {}
-    intents = []
+async def record(store: Store, batches: Sequence[PartitionBatch]) -> RecordedInsert | None:
+    """Choose the rows of ``batches`` (one topic, partition order) not yet stored, and record one
+    insert of them; ``None`` when there are none. Duplicates within the batches are dropped, the
+    first copy kept. One read of the stored ids and one insert of the records, whatever the
+    number of partitions. Raises ``StoreError`` (then nothing is recorded, and it may be called
+    again)."""
+    seen: set[str] = set()
+    unique: list[tuple[PartitionBatch, list[UsageRow]]] = []
     for batch in batches:
-        rows = [r for r in unique[batch.partition] if r.event_id not in present]
-        if not rows:
-            recorded[batch.partition] = None
-            continue
-        token = batch.dedup_token
-        intents.append({
-            "kafka_topic": batch.topic, "kafka_partition": batch.partition, "first_offset": batch.first_offset,
-            "last_offset": batch.last_offset, "dedup_token": token, "event_ids": [r.event_id for r in rows],
-        })
-        recorded[batch.partition] = RecordedInsert(rows, token)
-    if intents:
-        await store.insert("ingest_batches", intents)  # one block: every record of the flush, or none
-    return recorded
+        rows = []
+        for row in batch.rows:
+            if row.event_id not in seen:
+                seen.add(row.event_id)
+                rows.append(row)
+        unique.append((batch, rows))
+    present = await already_stored(store, [r for _, rows in unique for r in rows])
+    chosen = [(b, new) for b, rows in unique if (new := [r for r in rows if r.event_id not in present])]
+    if not chosen:
+        return None
+    token = block_token([b for b, _ in chosen])
+    block = [[b.partition, b.first_offset] for b, _ in chosen]
+    await store.insert("ingest_batches", [  # one block: every record of the insert, or none
+        {"kafka_topic": b.topic, "kafka_partition": b.partition, "first_offset": b.first_offset,
+         "last_offset": b.last_offset, "dedup_token": token, "event_ids": [r.event_id for r in rows], "block": block}
+        for b, rows in chosen
+    ])
+    return RecordedInsert([r for _, rows in chosen for r in rows], token, frozenset(b.partition for b, _ in chosen))
 
 
 async def apply(store: Store, insert: RecordedInsert) -> None:
@@ -121,30 +151,60 @@ async def write(store: Store, batch: PartitionBatch) -> int:
     """Insert one partition's new rows; returns how many were inserted. Blocking until the store
     has acknowledged; raises ``StoreError`` otherwise (nothing may then be committed, and a retry
     must ``apply`` the recorded insert rather than call this again: see the module docstring)."""
-    insert = (await record(store, [batch]))[batch.partition]
+    insert = await record(store, [batch])
     if insert is None:
         return 0
     await apply(store, insert)
     return len(insert.rows)
 
 
+_INTENT_COLUMNS = (
+    "kafka_partition AS partition, first_offset, last_offset, dedup_token, block,"
+    " arrayMap(x -> toString(x), event_ids) AS ids"
+)
+
+
+def _slice(row: dict[str, Any]) -> Slice:
+    return Slice(int(row["partition"]), int(row["first_offset"]), int(row["last_offset"]), frozenset(row["ids"]))
+
+
 async def intents_from(store: Store, topic: str, partition: int, offset: int) -> list[Intent]:
-    """Recorded inserts of a partition at or after ``offset`` (the committed one): the only ones a
-    previous owner can have left unfinished. Oldest first."""
-    rows = await store.select(
-        "SELECT first_offset, last_offset, dedup_token, arrayMap(x -> toString(x), event_ids) AS ids"
-        " FROM ingest_batches FINAL"
+    """Recorded inserts holding a partition's messages at or after ``offset`` (the committed
+    one): the only ones a previous owner can have left unfinished. Oldest first, each with its
+    slices of the other partitions it held. A slice recorded again since (a later insert from the
+    same offset: its owner found this insert complete, or never applied, before recording anew)
+    is no longer this insert's, and is left out."""
+    own = await store.select(
+        f"SELECT {_INTENT_COLUMNS} FROM ingest_batches FINAL"
         " WHERE kafka_topic = {topic:String} AND kafka_partition = {p:UInt32} AND first_offset >= {o:UInt64}"
         " ORDER BY first_offset",
         {"topic": topic, "p": partition, "o": offset},
     )
-    return [Intent(int(r["first_offset"]), int(r["last_offset"]), r["dedup_token"], frozenset(r["ids"])) for r in rows]
+    others = {(int(p), int(first)) for r in own for p, first in r["block"] if int(p) != partition}
+    siblings: dict[tuple[str, int], Slice] = {}
+    if others:
+        found = await store.select(
+            f"SELECT {_INTENT_COLUMNS} FROM ingest_batches FINAL WHERE kafka_topic = {{topic:String}}"
+            " AND kafka_partition IN {ps:Array(UInt32)} AND first_offset IN {fs:Array(UInt64)}"
+            " AND dedup_token IN {tokens:Array(String)}",
+            {"topic": topic, "ps": sorted({p for p, _ in others}), "fs": sorted({f for _, f in others}),
+             "tokens": sorted({r["dedup_token"] for r in own})},
+        )
+        siblings = {(r["dedup_token"], int(r["partition"])): _slice(r) for r in found
+                    if (int(r["partition"]), int(r["first_offset"])) in others}
+    intents = []
+    for r in own:
+        token, mine = r["dedup_token"], _slice(r)
+        slices = [mine if int(p) == partition else siblings.get((token, int(p))) for p, _ in r["block"]] or [mine]
+        intents.append(Intent(token, tuple(s for s in slices if s is not None)))
+    return intents
 
 
-async def replay(store: Store, intent: Intent, rows: Sequence[UsageRow]) -> int:
-    """Re-run a recorded insert: the rows of its offset range that it held, with its token. Where
-    the first run completed this writes nothing; where it was cut short, it writes the rest."""
-    selected = [r for r in rows if r.event_id in intent.event_ids]
+async def replay(store: Store, intent: Intent, rows: Mapping[int, Sequence[UsageRow]]) -> int:
+    """Re-run a recorded insert whole: the rows of each of its slices (``rows``: per partition,
+    what its offset range holds now) that it held, in its order, with its token. Where the first
+    run completed this writes nothing; where it was cut short, it writes the rest."""
+    selected = [r for s in intent.slices for r in rows.get(s.partition, ()) if r.event_id in s.event_ids]
     if selected:
         await store.insert("usage_events", selected, dedup_token=intent.dedup_token)
     return len(selected)
