@@ -172,8 +172,8 @@ async def intents_from(store: Store, topic: str, partition: int, offset: int) ->
     """Recorded inserts holding a partition's messages at or after ``offset`` (the committed
     one): the only ones a previous owner can have left unfinished. Oldest first, each with its
     slices of the other partitions it held. A slice recorded again since (a later insert from the
-    same offset: its owner found this insert complete, or never applied, before recording anew)
-    is no longer this insert's, and is left out."""
+    same offset, by the partition's next owner, once its recovery had replayed this one) is no
+    longer this insert's, and is left out: the insert is complete already."""
     own = await store.select(
         f"SELECT {_INTENT_COLUMNS} FROM ingest_batches FINAL"
         " WHERE kafka_topic = {topic:String} AND kafka_partition = {p:UInt32} AND first_offset >= {o:UInt64}"
@@ -183,12 +183,11 @@ async def intents_from(store: Store, topic: str, partition: int, offset: int) ->
     others = {(int(p), int(first)) for r in own for p, first in r["block"] if int(p) != partition}
     siblings: dict[tuple[str, int], Slice] = {}
     if others:
+        # by primary key only: a filter on the token could pick a row that FINAL has replaced
         found = await store.select(
             f"SELECT {_INTENT_COLUMNS} FROM ingest_batches FINAL WHERE kafka_topic = {{topic:String}}"
-            " AND kafka_partition IN {ps:Array(UInt32)} AND first_offset IN {fs:Array(UInt64)}"
-            " AND dedup_token IN {tokens:Array(String)}",
-            {"topic": topic, "ps": sorted({p for p, _ in others}), "fs": sorted({f for _, f in others}),
-             "tokens": sorted({r["dedup_token"] for r in own})},
+            " AND kafka_partition IN {ps:Array(UInt32)} AND first_offset IN {fs:Array(UInt64)}",
+            {"topic": topic, "ps": sorted({p for p, _ in others}), "fs": sorted({f for _, f in others})},
         )
         siblings = {(r["dedup_token"], int(r["partition"])): _slice(r) for r in found
                     if (int(r["partition"]), int(r["first_offset"])) in others}

@@ -205,3 +205,24 @@ async def test_a_record_made_before_blocks_is_an_insert_of_its_partition_alone(s
     assert intent.dedup_token == "old"
     assert [(s.partition, s.first_offset, s.last_offset, s.event_ids) for s in intent.slices] == [(4, 7, 9, frozenset(ids))]
 
+
+
+async def test_a_slice_recorded_again_since_is_left_out_of_the_insert(store: ChdbStore) -> None:
+    """Partition 1's next owner replayed an insert over partitions 0 and 1, then read 1 again from
+    the same offset and recorded its own insert of it: that row replaces the first insert's row of
+    partition 1. The first insert, found again through partition 0, is then partition 0's alone
+    (complete already: its replay writes nothing); the other row is another insert's."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    topic = f"t-{uuid.uuid4().hex[:10]}"
+    events = make_events(org, 20)
+    placed = {p: [(i // 2, e) for i, e in enumerate(events) if i % 2 == p] for p in (0, 1)}
+    first = await record(store, batches_of(topic, placed))
+    assert first is not None and first.partitions == {0, 1}
+    later = [str(uuid.uuid4())]
+    await store.insert("ingest_batches", [{"kafka_topic": topic, "kafka_partition": 1, "first_offset": 0,
+                                           "last_offset": 9, "dedup_token": "later", "event_ids": later}])
+    (intent,) = await intents_from(store, topic, 0, 0)
+    assert intent.dedup_token == first.dedup_token
+    assert [(s.partition, len(s.event_ids)) for s in intent.slices] == [(0, 10)]
+    (other,) = await intents_from(store, topic, 1, 0)
+    assert (other.dedup_token, [s.event_ids for s in other.slices]) == ("later", [frozenset(later)])
