@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -58,3 +58,23 @@ def wait_for_banner(log: Path, after: int = 0) -> str:
         return text if "Meterline is up." in text else None
 
     return wait_until(printed, timeout_s=60, what="the start-up banner")
+
+
+class PassThroughStore:
+    """A real store, for a test that watches or holds up some of its calls: a subclass overrides
+    ``insert`` and calls this one; reads and statements go straight to the store."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    async def insert(self, table: str, rows: Any, *, dedup_token: str | None = None) -> None:
+        await self._store.insert(table, rows, dedup_token=dedup_token)
+
+    async def select(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        return await self._store.select(sql, params)
+
+    async def execute(self, sql: str, params: Any = None) -> None:
+        await self._store.execute(sql, params)
+
+    async def close(self) -> None:
+        pass  # the store belongs to the test's fixture

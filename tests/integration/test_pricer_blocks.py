@@ -25,20 +25,20 @@ from tests.integration.test_pricer_exactly_once import (
     run_until_committed,
     totals,
 )
-from tests.support import await_until
+from tests.support import PassThroughStore, await_until
 
 
 async def _has(items: list[str], n: int) -> bool:
     return len(items) >= n
 
 
-class Store:
+class Store(PassThroughStore):
     """The real store, with a look at what the pricer inserts: every insert into usage_events
     (its token), a hook run once, just before the first insert into ingest_batches goes in, and
     when that insert is done."""
 
     def __init__(self, store: ChdbStore) -> None:
-        self._store = store
+        super().__init__(store)
         self.event_inserts: list[str | None] = []
         self.before_first_record: Any = None
         self.recorded = asyncio.Event()
@@ -49,18 +49,9 @@ class Store:
         if table == "ingest_batches" and self.before_first_record is not None:
             hook, self.before_first_record = self.before_first_record, None
             await hook()
-        await self._store.insert(table, rows, dedup_token=dedup_token)
+        await super().insert(table, rows, dedup_token=dedup_token)
         if table == "ingest_batches":
             self.recorded.set()
-
-    async def select(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        return await self._store.select(sql, params)
-
-    async def execute(self, sql: str, params: Any = None) -> None:
-        await self._store.execute(sql, params)
-
-    async def close(self) -> None:
-        pass
 
 
 async def produce_to(bootstrap: str, topic: str, events: list[UsageEvent]) -> dict[int, list[tuple[int, UsageEvent]]]:

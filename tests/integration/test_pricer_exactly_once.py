@@ -28,7 +28,7 @@ from services.pricer.pricing import price
 from services.pricer.rows import to_row
 from services.pricer.sink import PartitionBatch, write
 from services.store.chdb_store import ChdbStore
-from tests.support import await_until
+from tests.support import PassThroughStore, await_until
 
 BASE = datetime(2026, 3, 14, 9, 0, tzinfo=timezone.utc)
 OUTAGE_S = float(os.environ.get("METERLINE_TEST_STORE_OUTAGE_S", "5"))  # 30 for the full fault run
@@ -197,12 +197,12 @@ async def test_an_insert_cut_short_between_table_and_rollups_is_completed(store:
     await assert_each_stored_once(store, org, events)
 
 
-class HeldReplays:
+class HeldReplays(PassThroughStore):
     """The real store, except that re-running one of the given recorded inserts never finishes:
     the fault is a pricer that dies while it replays (a slow store, then SIGKILL)."""
 
     def __init__(self, store: ChdbStore, tokens: set[str]) -> None:
-        self._store = store
+        super().__init__(store)
         self._tokens = tokens
         self.entered = asyncio.Event()
 
@@ -210,16 +210,7 @@ class HeldReplays:
         if table == "usage_events" and dedup_token in self._tokens:
             self.entered.set()
             await asyncio.Event().wait()
-        await self._store.insert(table, rows, dedup_token=dedup_token)
-
-    async def select(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        return await self._store.select(sql, params)
-
-    async def execute(self, sql: str, params: Any = None) -> None:
-        await self._store.execute(sql, params)
-
-    async def close(self) -> None:
-        pass
+        await super().insert(table, rows, dedup_token=dedup_token)
 
 
 async def test_a_pricer_that_dies_while_recovering_leaves_the_recovery_to_the_next(
