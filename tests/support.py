@@ -73,6 +73,9 @@ class PassThroughStore:
     async def select(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         return await self._store.select(sql, params)
 
+    async def select_with_ids(self, sql: str, params: Any, ids: Any) -> list[dict[str, Any]]:
+        return await self._store.select_with_ids(sql, params, ids)
+
     async def execute(self, sql: str, params: Any = None) -> None:
         await self._store.execute(sql, params)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from services.pricer.rows import UsageRow
 from services.store import Store
+from services.store.base import ID_TABLE
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,13 @@ async def already_stored(store: Store, rows: Sequence[UsageRow]) -> set[str]:
     if not rows:
         return set()
     started: list[datetime] = [r.started_at for r in rows]
-    found = await store.select(
+    found = await store.select_with_ids(
         "SELECT toString(event_id) AS id FROM usage_events"
         " WHERE org_id IN {orgs:Array(String)}"
         " AND started_at BETWEEN {lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')}"
-        " AND event_id IN {ids:Array(UUID)}",
-        {
-            "orgs": sorted({r.org_id for r in rows}),
-            "lo": min(started),
-            "hi": max(started),
-            "ids": [r.event_id for r in rows],
-        },
+        f" AND event_id IN (SELECT id FROM {ID_TABLE})",
+        {"orgs": sorted({r.org_id for r in rows}), "lo": min(started), "hi": max(started)},
+        [r.event_id for r in rows],
     )
     return {r["id"] for r in found}
 

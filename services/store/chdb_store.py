@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from services.store.base import (
+    ID_TABLE,
     INSERT_SETTINGS,
     JSON_ARRAY_SETTINGS,
     READ_SETTINGS,
@@ -28,6 +29,7 @@ from services.store.base import (
     StoreError,
     bind_params_as_text,
     encode_insert,
+    id_table_data,
     settings_clause,
 )
 
@@ -41,7 +43,8 @@ _INSERT_SETTINGS = {**INSERT_SETTINGS, "input_format_parallel_parsing": 0}
 
 class InsertBody:
     """Where an insert's rows wait for the engine to read them: an in-memory file that the
-    statement names with ``FROM INFILE``.
+    statement names with ``FROM INFILE``. Also where a read's ids wait (``select_with_ids``),
+    named with ``file()``.
 
     Two other ways cost more or lose errors. Rows inside the statement's text (``FORMAT ... \\n``
     then the rows) cost a third more CPU per row for a pricer batch of 20k rows, materialized
@@ -49,7 +52,7 @@ class InsertBody:
     rows. chDB's streaming inserter (``send_insert``, 4.4) is as cheap but reports success when the
     table or a materialized view refuses the rows, so a failed insert would be committed.
 
-    Used from the store's one statement thread only, one insert at a time."""
+    Used from the store's one statement thread only, one statement at a time."""
 
     def __init__(self) -> None:
         if hasattr(os, "memfd_create"):  # Linux: the rows never touch a disk
@@ -110,6 +113,13 @@ class ChdbStore:
 
     async def select_json(self, sql: str, params: Mapping[str, Any] | None = None) -> bytes:
         return await self._run(self._json_sync, sql, self._json_array_settings, bind_params_as_text(params))
+
+    def _select_with_ids_sync(self, sql: str, params: dict[str, str], ids: bytes) -> list[dict[str, Any]]:
+        with self._body.holding(ids) as path:
+            return self._select_sync(sql.replace(ID_TABLE, f"file('{path}', 'TSV', 'id UUID')"), params)
+
+    async def select_with_ids(self, sql: str, params: Mapping[str, Any] | None, ids: Sequence[str]) -> list[dict[str, Any]]:
+        return await self._run(self._select_with_ids_sync, sql, bind_params_as_text(params), id_table_data(ids))
 
     async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         await self._run(lambda: self._conn.query(sql, "CSV", params=bind_params_as_text(params)))

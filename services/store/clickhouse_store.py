@@ -15,11 +15,13 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from services.store.base import (
+    ID_TABLE,
     INSERT_SETTINGS,
     JSON_ARRAY_SETTINGS,
     READ_SETTINGS,
     StoreError,
     encode_insert,
+    id_table_data,
     plain_params,
 )
 
@@ -52,6 +54,19 @@ class ClickHouseStore:
     async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         def _go() -> bytes:
             return self._client.raw_query(sql, parameters=plain_params(params), settings=READ_SETTINGS, fmt="JSONEachRow")
+
+        data = await self._run(_go)
+        return [msgspec.json.decode(line) for line in data.splitlines() if line]
+
+    async def select_with_ids(self, sql: str, params: Mapping[str, Any] | None, ids: Sequence[str]) -> list[dict[str, Any]]:
+        from clickhouse_connect.driver.external import ExternalData
+
+        # sent with the query as an external table (HTTP multipart), named where ID_TABLE stood
+        table = ExternalData(file_name="meterline_ids", data=id_table_data(ids), structure="id UUID", fmt="TSV")
+
+        def _go() -> bytes:
+            return self._client.raw_query(sql.replace(ID_TABLE, "meterline_ids"), parameters=plain_params(params),
+                                          settings=READ_SETTINGS, fmt="JSONEachRow", external_data=table)
 
         data = await self._run(_go)
         return [msgspec.json.decode(line) for line in data.splitlines() if line]

@@ -81,3 +81,18 @@ async def test_the_pricers_rows_go_in_by_position_on_a_server(server_url: str) -
     assert stored["kafka_offset"] == 2**40 + 1 and stored["tags"] == ["env:prod", 'quote"and\\slash']
     assert Decimal(stored["output_cost"]) == row.output_cost and stored["ttft_ms"] == 88.25
     await store.close()
+
+
+async def test_a_read_by_ids_sends_them_beside_the_statement_on_a_server(server_url: str) -> None:
+    from tests.integration.test_store_id_reads import STORED
+    from tests.integration.test_store_inserts import a_row
+
+    store = ClickHouseStore(server_url)
+    await migrate(store)
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    stored = [a_row(org, event_id=str(uuid.uuid4())) for _ in range(3)]
+    await store.insert("usage_events", stored, dedup_token=f"t-{org}")
+    asked = [stored[0].event_id, str(uuid.uuid4()), stored[2].event_id]
+    found = await store.select_with_ids(STORED, {"o": org}, asked)
+    assert sorted(r["id"] for r in found) == sorted([stored[0].event_id, stored[2].event_id])
+    await store.close()
