@@ -409,7 +409,7 @@ class Pricer:
         owner could recover it before the record existed, store its events itself, and this
         insert, holding them too under another token, store them a second time. So every owner
         that gets a partition of this insert later recovers it after the record, and replays it.
-        Holds the rebalance for one insert into ingest_batches at most."""
+        Holds a rebalance for the already-stored read and the insert into ingest_batches at most."""
         async with self._record_lock:
             return await record(self._store, [b for b in batches if b.rows and self._writable(b.partition)])
 
