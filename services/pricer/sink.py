@@ -47,11 +47,6 @@ class PartitionBatch:
     last_offset: int
     rows: list[UsageRow]
 
-    @property
-    def dedup_token(self) -> str:
-        """The token of an insert of this batch alone."""
-        return block_token([self])
-
 
 def block_token(batches: Sequence[PartitionBatch]) -> str:
     """The deduplication token of one insert of ``batches`` (one topic, in partition order): their

@@ -26,7 +26,7 @@ from services.pricer.consumer import Pricer
 from services.pricer.dlq import PoisonBreakerTripped
 from services.pricer.pricing import price
 from services.pricer.rows import to_row
-from services.pricer.sink import PartitionBatch, write
+from services.pricer.sink import PartitionBatch, block_token, write
 from services.store.chdb_store import ChdbStore
 from tests.support import PassThroughStore, await_until
 
@@ -142,7 +142,7 @@ async def test_same_batch_written_twice_counts_once_everywhere(store: ChdbStore)
     assert await write(store, batch) == 0  # the pricer's retry: every id is already stored
     # The store applied an insert but its acknowledgement was lost, and the retry raced past the
     # id check: the token alone must make it a no-op, in the table and in every rollup.
-    await store.insert("usage_events", rows, dedup_token=batch.dedup_token)
+    await store.insert("usage_events", rows, dedup_token=block_token([batch]))
     t = await totals(store, org)
     cost = expected_total(events)
     assert t == {**t, "raw_rows": 40, "raw_ids": 40, "raw_cost": cost, "key_rollup_rows": 40, "key_rollup_cost": cost}
@@ -227,7 +227,7 @@ async def test_a_pricer_that_dies_while_recovering_leaves_the_recovery_to_the_ne
     (partition,) = ends
     batch = await cut_insert(store, topic, partition, events[:30])
 
-    held = HeldReplays(store, {batch.dedup_token})
+    held = HeldReplays(store, {block_token([batch])})
     dying = pricer_for(held, broker, topic)  # type: ignore[arg-type]
     await dying.start()
     task = asyncio.create_task(dying.run())
