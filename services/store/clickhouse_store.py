@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import msgspec
+from clickhouse_connect.driver.external import ExternalData
 
 from services.store.base import (
     ID_TABLE,
@@ -51,25 +52,21 @@ class ClickHouseStore:
         except Exception as exc:
             raise StoreError(str(exc).strip()) from exc
 
-    async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    async def _rows(self, sql: str, params: Mapping[str, Any] | None, external_data: ExternalData | None = None) -> list[dict[str, Any]]:
         def _go() -> bytes:
-            return self._client.raw_query(sql, parameters=plain_params(params), settings=READ_SETTINGS, fmt="JSONEachRow")
+            return self._client.raw_query(sql, parameters=plain_params(params), settings=READ_SETTINGS, fmt="JSONEachRow",
+                                          external_data=external_data)
 
         data = await self._run(_go)
         return [msgspec.json.decode(line) for line in data.splitlines() if line]
+
+    async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return await self._rows(sql, params)
 
     async def select_with_ids(self, sql: str, params: Mapping[str, Any] | None, ids: Sequence[str]) -> list[dict[str, Any]]:
-        from clickhouse_connect.driver.external import ExternalData
-
         # sent with the query as an external table (HTTP multipart), named where ID_TABLE stood
         table = ExternalData(file_name="meterline_ids", data=id_table_data(ids), structure="id UUID", fmt="TSV")
-
-        def _go() -> bytes:
-            return self._client.raw_query(sql.replace(ID_TABLE, "meterline_ids"), parameters=plain_params(params),
-                                          settings=READ_SETTINGS, fmt="JSONEachRow", external_data=table)
-
-        data = await self._run(_go)
-        return [msgspec.json.decode(line) for line in data.splitlines() if line]
+        return await self._rows(sql.replace(ID_TABLE, "meterline_ids"), params, table)
 
     async def select_json(self, sql: str, params: Mapping[str, Any] | None = None) -> bytes:
         def _go() -> bytes:
