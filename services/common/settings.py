@@ -31,10 +31,9 @@ class KafkaSettings:
 
     def raw_partitions(self) -> int:
         """Partitions of the raw topic to create. On a broker of your own, 6: room for six pricers
-        to share the work. On the embedded broker, one: ``meterline up`` runs one pricer, which
-        writes one insert per partition per batch, and an insert's parts in the table, its rollups
-        and their projections cost the same for few rows as for many. Working through a backlog,
-        six partitions cost 40% more of the embedded engine's CPU per event than one."""
+        to share the work. On the embedded broker, one: ``meterline up`` runs one pricer, so more
+        partitions share nothing out, and each adds a row to every insert's record and a range to
+        read back when an insert is replayed."""
         if self.partitions is not None:
             return self.partitions
         return 1 if self.bootstrap is None else 6
