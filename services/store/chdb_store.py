@@ -41,9 +41,9 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _INSERT_SETTINGS = {**INSERT_SETTINGS, "input_format_parallel_parsing": 0}
 
 
-class InsertBody:
-    """Where an insert's rows wait for the engine to read them: an in-memory file that the
-    statement names with ``FROM INFILE``. Also where a read's ids wait (``select_with_ids``),
+class StatementFile:
+    """Where a statement's data waits for the engine to read it: an in-memory file. An insert's
+    rows, which the statement names with ``FROM INFILE``; a read's ids (``select_with_ids``),
     named with ``file()``.
 
     Two other ways cost more or lose errors. Rows inside the statement's text (``FORMAT ... \\n``
@@ -83,7 +83,7 @@ class ChdbStore:
         path.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         self._conn = self._executor.submit(chdb.connect, str(path)).result()
-        self._body = InsertBody()
+        self._body = StatementFile()
         self._read_settings = settings_clause(READ_SETTINGS)
         self._json_array_settings = settings_clause(JSON_ARRAY_SETTINGS)
         self._path = path

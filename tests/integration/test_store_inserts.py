@@ -14,7 +14,7 @@ import pytest
 
 from services.pricer.rows import UsageRow
 from services.store.base import StoreError, encode_insert
-from services.store.chdb_store import ChdbStore, InsertBody
+from services.store.chdb_store import ChdbStore, StatementFile
 
 
 def a_row(org: str, **fields: object) -> UsageRow:
@@ -104,7 +104,7 @@ async def test_the_rows_file_is_emptied_after_each_insert(store: ChdbStore) -> N
 def test_the_rows_file_holds_exactly_the_batch_while_the_engine_reads_it(monkeypatch: pytest.MonkeyPatch, memfd: bool) -> None:
     if not memfd:  # as on a system without memfd_create
         monkeypatch.delattr(os, "memfd_create")
-    body = InsertBody()
+    body = StatementFile()
     try:
         for data in (b"[1,2]\n" * 50_000, b"[3]\n"):  # a short batch after a long one: nothing of it left over
             with body.holding(data) as path:
