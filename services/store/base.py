@@ -208,10 +208,12 @@ async def encode_insert(rows: Sequence[Mapping[str, Any] | msgspec.Struct] | byt
 
 
 def settings_clause(settings: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={_literal(v)}" for k, v in settings.items())
+    return ", ".join(f"{k}={sql_literal(v)}" for k, v in settings.items())
 
 
-def _literal(value: Any) -> str:
+def sql_literal(value: Any) -> str:
+    """A string, number or bool as a ClickHouse literal, where a statement needs a constant that
+    a query parameter cannot be (a setting's value, a table function's argument)."""
     if isinstance(value, str):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return str(int(value) if isinstance(value, bool) else value)

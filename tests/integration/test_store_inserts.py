@@ -1,7 +1,9 @@
 """The embedded store's insert path over the real engine and migrations: the pricer's rows go in
-by position (JSONCompactEachRow under their fields' names) and land in their own columns; a
-refused insert raises, even when the refusal comes from a materialized view, and leaves the store
-usable; the rows' in-memory file is emptied after each insert."""
+by position (JSONCompactEachRow under their fields' names, read as a table of their own) and land
+in their own columns, with the types the table has at the time of the insert; one dedup token
+holds across both forms of insert statement; a refused insert raises, even when the refusal comes
+from a materialized view, and leaves the store usable; the rows' in-memory file is emptied after
+each insert."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from services.pricer.rows import UsageRow
@@ -71,6 +74,47 @@ async def test_mappings_and_ready_bytes_still_go_in_by_name(store: ChdbStore) ->
                                          "started_at": datetime(2026, 3, 14, tzinfo=timezone.utc)}])
     rows = await store.select("SELECT request_id FROM usage_events WHERE org_id = {o:String} ORDER BY request_id", {"o": org})
     assert [r["request_id"] for r in rows] == ["by-bytes", "by-dict"]
+
+
+class Reading(msgspec.Struct, array_like=True):
+    reading_id: int
+    meter: str
+    readings: list[str]
+
+
+async def test_positional_rows_are_read_with_the_types_their_columns_have_now(store: ChdbStore) -> None:
+    """The types positional rows are read with come from the table at each insert, never from an
+    earlier one: after a migration widens a column, a value only the new type holds goes in whole."""
+    table = f"readings_{uuid.uuid4().hex[:8]}"
+    await store.execute(f"CREATE TABLE {table} (reading_id UInt8, meter LowCardinality(String),"
+                        " readings Array(LowCardinality(String))) ENGINE = MergeTree ORDER BY meter")
+    await store.insert(table, [Reading(7, "m-1", ["a", 'q"uote'])])
+    # read as the UInt8 of before, 70,000 would go in as 112 (the engine wraps it, silently)
+    await store.execute(f"ALTER TABLE {table} MODIFY COLUMN reading_id UInt32")
+    await store.insert(table, [Reading(70_000, "m-2", ["b"])])
+    rows = await store.select(f"SELECT reading_id, meter, readings FROM {table} ORDER BY reading_id")
+    assert rows == [{"reading_id": 7, "meter": "m-1", "readings": ["a", 'q"uote']},
+                    {"reading_id": 70_000, "meter": "m-2", "readings": ["b"]}]
+    [kind] = await store.select(f"SELECT toTypeName(meter) AS t FROM {table} LIMIT 1")
+    assert kind == {"t": "LowCardinality(String)"}  # read as String, stored as the table says
+
+
+async def test_a_token_used_by_rows_by_name_makes_the_same_token_by_position_a_no_op(store: ChdbStore) -> None:
+    """Rows by name go in with ``FROM INFILE``, rows by position from ``file()``: a batch that an
+    earlier pricer inserted the first way and a later one replays the second way counts once, in
+    the table and in its rollups."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    token = f"t-{org}"
+    first = a_row(org)
+    by_name = {f: getattr(first, f) for f in UsageRow.__struct_fields__}
+    await store.insert("usage_events", [by_name], dedup_token=token)
+    await store.insert("usage_events", [a_row(org)], dedup_token=token)  # a new event id: only the token is the same
+    counts = ("SELECT (SELECT count() FROM usage_events WHERE org_id = {o:String}) AS events,"
+              " (SELECT sum(request_count) FROM spend_daily_by_key WHERE org_id = {o:String}) AS by_key,"
+              " (SELECT sum(request_count) FROM spend_daily_by_customer WHERE org_id = {o:String}) AS by_customer")
+    assert await store.select(counts, {"o": org}) == [{"events": 1, "by_key": 1, "by_customer": 1}]
+    await store.insert("usage_events", [a_row(org)], dedup_token=f"{token}-other")
+    assert await store.select(counts, {"o": org}) == [{"events": 2, "by_key": 2, "by_customer": 2}]
 
 
 async def test_a_view_that_refuses_the_rows_fails_the_insert_and_the_store_goes_on(store: ChdbStore) -> None:

@@ -1,5 +1,6 @@
 """The store's row encoding (services/store/base.py): a large batch is encoded in turns of the
-event loop, into exactly the bytes of one encoding."""
+event loop, into exactly the bytes of one encoding. And the types the embedded store reads
+positional rows with (services/store/chdb_store.py): the table's, without LowCardinality."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import asyncio
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import pytest
+
 from services.store.base import ENCODE_CHUNK, encode_rows, encode_rows_in_turns
+from services.store.chdb_store import without_low_cardinality
 
 
 async def test_a_large_batch_is_encoded_in_turns_into_the_same_bytes() -> None:
@@ -37,3 +41,15 @@ async def test_small_batches_and_bytes_are_passed_through() -> None:
     assert await encode_rows_in_turns(rows) == b'{"id":"a"}\n{"id":"b"}\n'
     assert await encode_rows_in_turns(b'{"id":"c"}\n') == b'{"id":"c"}\n'
     assert await encode_rows_in_turns([]) == b""
+
+
+@pytest.mark.parametrize(("column_type", "read_as"), [
+    ("LowCardinality(String)", "String"),
+    ("Array(LowCardinality(String))", "Array(String)"),
+    ("LowCardinality(Nullable(String))", "Nullable(String)"),
+    ("Map(LowCardinality(String), Array(LowCardinality(String)))", "Map(String, Array(String))"),
+    ("DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')"),
+    ("Nullable(Float64)", "Nullable(Float64)"),
+])
+def test_positional_rows_are_read_with_the_tables_types_without_low_cardinality(column_type: str, read_as: str) -> None:
+    assert without_low_cardinality(column_type) == read_as
