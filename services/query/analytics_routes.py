@@ -49,8 +49,9 @@ async def customer_detail(request: Request, principal: Principal, span: Window, 
                else {date.fromisoformat(d["date"]): d["calls"] for d in detail["daily"]})
     rows, total = await analytics.customer_calls(store, principal.org_id, span.start, span.end, customer_id, limit, page,
                                                  per_day)
-    keys, teams = await control.key_and_team_labels(store, principal.org_id, {r["key_id"] for r in rows})
-    detail["calls_page"] = {"data": [spend.log_object(x, keys, teams) for x in rows], "pagination": pagination(page, limit, total)}
+    names = await control.labels(store, principal.org_id, {r["key_id"] for r in rows})
+    detail["calls_page"] = {"data": [spend.log_object(x, names.masked_keys, names.team_names) for x in rows],
+                            "pagination": pagination(page, limit, total)}
     return detail
 
 
@@ -97,8 +98,8 @@ async def export(request: Request, principal: Principal, start: _Date = None, en
         raise bad("format", "expected csv or json")
     store = store_of(request)
     r = time_range(start, end, names=("start", "end"))
-    keys = {k["id"]: k["masked_key"] for k in await control.list_keys(store, principal.org_id)}
-    teams = await control.team_names(store, principal.org_id)
+    names = await control.labels(store, principal.org_id)
+    keys, teams = names.masked_keys, names.team_names
     batches = analytics.export_rows(store, principal.org_id, r, model=model, customer=customer, feature=feature, team=team)
 
     async def as_json() -> AsyncIterator[bytes]:

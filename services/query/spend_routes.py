@@ -57,9 +57,8 @@ async def spend_logs(
         assert r is not None
         return await spend.logs_by_date(store, principal.org_id, r, key_id=key_id, user=user_id)
     rows = await spend.logs(store, principal.org_id, r, request_id=request_id, key_id=key_id, user=user_id, limit=limit)
-    keys = {k["id"]: k["masked_key"] for k in await control.list_keys(store, principal.org_id)}
-    teams = await control.team_names(store, principal.org_id)
-    return [spend.log_object(row, keys, teams) for row in rows]
+    names = await control.labels(store, principal.org_id, {row["key_id"] for row in rows})
+    return [spend.log_object(row, names.masked_keys, names.team_names) for row in rows]
 
 
 @get("/spend/tags")
