@@ -4,6 +4,12 @@ The gateway never touches the store (one chDB directory belongs to one process),
 query service who a key belongs to and caches the answer for a couple of seconds: a revoked key
 is refused within that TTL. While the query service is unreachable, keys seen recently keep
 working (for up to ``stale_for_s``) so a control-plane blip does not take the proxy down.
+
+An answer in the second half of its TTL is refreshed in the background while calls go on using
+it, so a key in steady use never makes calls wait for its lookup. They used to, every TTL: all
+calls of that key in flight then waited for the query service, whose answer can queue behind a
+pricer insert on the embedded store's one statement thread (tens of milliseconds, a gateway p99
+of its own at every concurrency). No answer is used past its TTL, so the revocation bound holds.
 """
 
 from __future__ import annotations
@@ -37,10 +43,12 @@ class GatewayAuth:
         self._client = httpx.AsyncClient(base_url=query_url, timeout=httpx.Timeout(5.0))
         self._ttl = ttl_s
         self._stale_for = stale_for_s
-        self._cache: dict[str, tuple[float, Caller | None]] = {}
-        self._inflight: dict[str, asyncio.Future[Caller | None]] = {}
+        self._cache: dict[str, tuple[float, Caller | None]] = {}  # key digest -> (expires at, answer)
+        self._inflight: dict[str, asyncio.Task[Caller | None]] = {}
 
     async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
         await self._client.aclose()
 
     async def resolve(self, key: str) -> Caller | None:
@@ -48,23 +56,24 @@ class GatewayAuth:
         hit = self._cache.get(digest)
         now = time.monotonic()
         if hit is not None and hit[0] > now:
+            if hit[0] - now < self._ttl / 2 and digest not in self._inflight:
+                self._start_lookup(key, digest, hit)  # refresh ahead: nobody waits for it
             return hit[1]
         # One lookup per key at a time, however many calls arrive together.
-        pending = self._inflight.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Caller | None] = asyncio.get_running_loop().create_future()
-        self._inflight[digest] = future
-        try:
-            caller = await self._lookup(key, digest, hit)
-            future.set_result(caller)
-            return caller
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters, if any, get it through shield
-            raise
-        finally:
+        lookup = self._inflight.get(digest) or self._start_lookup(key, digest, hit)
+        return await asyncio.shield(lookup)
+
+    def _start_lookup(self, key: str, digest: str, hit: tuple[float, Caller | None] | None) -> asyncio.Task[Caller | None]:
+        task = asyncio.get_running_loop().create_task(self._lookup(key, digest, hit), name="key-lookup")
+        self._inflight[digest] = task  # also keeps the task referenced until it is done
+
+        def done(t: asyncio.Task[Caller | None]) -> None:
             del self._inflight[digest]
+            if not t.cancelled():
+                t.exception()  # a refresh nobody awaits fails quietly: the next call looks up again
+
+        task.add_done_callback(done)
+        return task
 
     async def _lookup(self, key: str, digest: str, stale: tuple[float, Caller | None] | None) -> Caller | None:
         try:
