@@ -56,6 +56,11 @@ def id_table_data(ids: Sequence[str]) -> bytes:
     return ("\n".join(ids) + "\n").encode() if ids else b""
 
 
+def json_rows(data: bytes) -> list[Any]:
+    """A JSONEachRow (or JSONCompactEachRow) answer, a value per line, as Python values."""
+    return [msgspec.json.decode(line) for line in data.splitlines() if line]
+
+
 class StoreError(RuntimeError):
     """The store refused or failed a statement, with ClickHouse's message. Callers that must not
     lose data (the pricer) retry every one of them; nothing is skipped on a guess about which

@@ -30,6 +30,7 @@ from services.store.base import (
     bind_params_as_text,
     encode_insert,
     id_table_data,
+    json_rows,
     settings_clause,
     sql_literal,
 )
@@ -120,7 +121,7 @@ class ChdbStore:
 
     def _select_sync(self, sql: str, params: dict[str, str]) -> list[dict[str, Any]]:
         data = self._json_sync(sql, self._read_settings, params)
-        return [msgspec.json.decode(line) for line in data.splitlines() if line]
+        return json_rows(data)
 
     async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self._run(self._select_sync, sql, bind_params_as_text(params))
@@ -144,7 +145,7 @@ class ChdbStore:
         thousands of rows), so an insert after a migration never reads a value as the type its
         column had before."""
         described = self._conn.query(f"DESCRIBE TABLE {table}", "JSONCompactEachRow").bytes()
-        types = {name: kind for name, kind, *_ in map(msgspec.json.decode, described.splitlines())}
+        types = {name: kind for name, kind, *_ in json_rows(described)}
         missing = [c for c in columns if c not in types]
         if missing:
             raise StoreError(f"table {table} has no column {missing[0]!r}")

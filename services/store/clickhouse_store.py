@@ -23,6 +23,7 @@ from services.store.base import (
     StoreError,
     encode_insert,
     id_table_data,
+    json_rows,
     plain_params,
 )
 
@@ -58,7 +59,7 @@ class ClickHouseStore:
                                           external_data=external_data)
 
         data = await self._run(_go)
-        return [msgspec.json.decode(line) for line in data.splitlines() if line]
+        return json_rows(data)
 
     async def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self._rows(sql, params)

@@ -7,7 +7,7 @@ test rather than of the machine's speed; the lookups themselves are real."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -37,10 +37,6 @@ def returned_at_once(call: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("the call waited")
 
 
-async def settled(lookup: Awaitable[Any]) -> None:
-    await lookup
-
-
 async def test_a_key_in_steady_use_is_refreshed_while_calls_go_on_and_a_revocation_still_lands_within_the_ttl(
     store: ChdbStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -67,13 +63,13 @@ async def test_a_key_in_steady_use_is_refreshed_while_calls_go_on_and_a_revocati
         assert returned_at_once(auth.resolve(key)) == caller
         assert returned_at_once(auth.resolve(key)) == caller  # one lookup, however many calls
         assert digest in auth._inflight, "no lookup started in the second half of the TTL"
-        await settled(auth._inflight[digest])
+        await auth._inflight[digest]
         refreshed_at = now[0]
 
         await control.revoke_key(store, org_id, caller.key_id)
         now[0] = refreshed_at + 0.6 * TTL  # the refreshed answer's second half
         assert returned_at_once(auth.resolve(key)) == caller  # the answer is not past its TTL yet
-        await settled(auth._inflight[digest])
+        await auth._inflight[digest]
         assert returned_at_once(auth.resolve(key)) is None  # refused: 0.6 TTL after the revocation
 
         now[0] += 2 * TTL  # no answer is used past its TTL: this call waits for a lookup again
