@@ -17,7 +17,15 @@ Promises:
   meanwhile would move the committed offset past a recorded insert that was never completed,
   hiding it from every later owner;
 - one flush at a time: the consume loop and the revoke listener (aiokafka's coordinator task)
-  share a lock, and the listener skips its flush when the loop holds it;
+  share a lock, and the listener skips its flush when the loop holds it or a write is in flight;
+- a flush is priced in the consume loop, then written (recorded, applied, committed) by a task
+  while the loop reads and prices the next batch: the store's insert (a thread of its own) and
+  the loop's decoding and pricing then take turns on different cores, not one after the other.
+  At most one write is in flight; the next flush is priced before it, but written only after it
+  has committed, so offsets are committed in order. A write that fails for good stops the
+  pricer before anything after it is written or committed. Only the consume loop polls the
+  consumer: a write that waits out a store outage sleeps, and the loop, once its next batch is
+  due, waits for it polling paused;
 - a flush is one insert for all its partitions, and a partition is never revoked while that
   insert is being recorded (the listener waits for the record), so every later owner of one of
   them finds the record and replays it;
@@ -92,6 +100,14 @@ class _FlushInsert:
     insert: RecordedInsert | None = None
 
 
+@dataclass
+class _Staged:
+    """A batch priced and taken out of ``_pending``, waiting to be written."""
+
+    pending: _Pending
+    batches: list[PartitionBatch]
+
+
 async def _release(stored: _Pending, batches: list[PartitionBatch], flush: _FlushInsert) -> None:
     """Free a stored batch a partition at a time, yielding to the event loop between: its tens of
     thousands of events and rows, freed in one go, would hold the loop for tens of milliseconds."""
@@ -130,6 +146,7 @@ class Pricer:
         self._flush_lock = asyncio.Lock()  # one flush or recovery at a time (loop or listener)
         # Held while a flush's insert is recorded; the revoke listener waits for it (see _record).
         self._record_lock = asyncio.Lock()
+        self._writing: asyncio.Task[None] | None = None  # the write in flight, or one that failed
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.stored_total = 0  # rows written by this process, for logs and tests
@@ -170,8 +187,14 @@ class Pricer:
         assert self._consumer is not None
         try:
             while not self._stopping.is_set():
+                if self._writing is not None and self._writing.done():
+                    self._writing.result()  # a write that failed for good ends the pricer here
+                    self._writing = None
                 if self._unrecovered:
                     async with self._flush_lock:
+                        # A write in flight may still commit: recovery reads the committed
+                        # offsets, so it waits for that commit first.
+                        await self._await_write()
                         await self._with_retry(self._recover_once, retry=True)
                 records = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms(), max_records=self._poll_size())
                 for tp, messages in records.items():
@@ -187,11 +210,17 @@ class Pricer:
             async with self._flush_lock:
                 if self._pending.count:
                     await self._flush()
+                await self._await_write()
         except StoreError:
             if not self._stopping.is_set():
                 raise
             log.warning("stopped with an unwritten batch; its messages stay uncommitted and will be re-read")
         finally:
+            if self._writing is not None and not self._writing.done():
+                # Cancelled (or failed) with a write in flight: stop it as a crash would. What it
+                # recorded is replayed by the partition's next owner, under the same token.
+                self._writing.cancel()
+                await asyncio.gather(self._writing, return_exceptions=True)
             log.info("pricer stopped", stored_total=self.stored_total)
 
     # -- rebalance ------------------------------------------------------------------------
@@ -270,12 +299,13 @@ class Pricer:
     async def on_revoked(self, partitions: set[int]) -> None:
         """Write what we hold for partitions we are losing, so the next owner need not redo it.
         If the store is down, give it up: the next owner re-reads from the committed offset."""
-        # When the consume loop holds the lock it is flushing already (and its commit will be
-        # refused for what we lose); waiting for it here could hold up the rebalance for long.
-        if self._pending.count and not self._flush_lock.locked():
+        # When the consume loop holds the lock, or a write is in flight, it is flushing already
+        # (and will not commit what we lose); waiting for it here could hold up the rebalance for
+        # long, as could a write that failed (the consume loop stops on it).
+        if self._pending.count and not self._flush_lock.locked() and not self._write_unsettled():
             async with self._flush_lock:
                 try:
-                    await self._flush(retry=False)
+                    await self._flush(retry=False, wait=True)
                 except Exception as exc:  # noqa: BLE001 - any failure here means: leave it to the next owner
                     log.warning("flush on revoke failed; leaving the batch to the next owner", error=str(exc))
         # A record the consume loop is making is finished first, as ours: the rebalance (and the
@@ -386,10 +416,9 @@ class Pricer:
             sends.append(await self._producer.send(self._kafka.dlq_topic, value=value or b"", key=key, headers=headers))
         await asyncio.gather(*sends)
 
-    async def _write_all(self, batches: list[PartitionBatch], registrations: list[Registration], flush: _FlushInsert) -> int:
+    async def _write_all(self, batches: list[PartitionBatch], flush: _FlushInsert) -> int:
         """Record the flush's insert once, then apply it. ``flush`` lives for the whole flush, so
         a retry after a failure applies the same insert."""
-        await state.register_prompts(self._store, registrations)
         if not flush.recorded:
             flush.insert = await self._record(batches)
             flush.recorded = True
@@ -413,19 +442,24 @@ class Pricer:
         async with self._record_lock:
             return await record(self._store, [b for b in batches if b.rows and self._writable(b.partition)])
 
-    async def _flush(self, *, retry: bool = True) -> None:
-        """Write the pending batch, then commit its offsets. Blocks until both are done; retries
-        store failures with backoff (keeping group membership) unless ``retry`` is False. The
-        caller holds ``_flush_lock``."""
+    async def _flush(self, *, retry: bool = True, wait: bool = False) -> None:
+        """Price the pending batch, then hand it to a write task once the write before it has
+        committed; ``wait``: also wait for this one's. Retries store failures with backoff
+        (keeping group membership) unless ``retry`` is False. The caller holds ``_flush_lock``."""
         try:
-            await self._flush_pending(retry)
+            staged = await self._price_pending(retry)
         except BaseException:
             # Registrations may be in the registry's memory without being stored: rebuild it.
             self._state_marker = None
             raise
+        await self._await_write(poll=retry)
+        self._writing = asyncio.create_task(self._write(staged, retry))
+        if wait:
+            await self._await_write(poll=retry)
 
-    async def _flush_pending(self, retry: bool) -> None:
-        assert self._consumer is not None
+    async def _price_pending(self, retry: bool) -> _Staged:
+        """Attribute and price the pending batch, store the prompts it registers and dead-letter
+        its poison; then take it out of ``_pending``, which starts the next batch."""
         # Messages of a partition not writable (not recovered yet) are dropped: recovery seeks
         # it back to its committed offset and they are read again.
         self._pending.drop_partitions({p for p in self._pending.last_offset if not self._writable(p)})
@@ -436,30 +470,71 @@ class Pricer:
         for p in sorted(self._pending.last_offset):
             if (batch := await self._price_partition(p, registrations)) is not None:
                 batches.append(batch)
+        # Before the insert that uses them: the next batch's state refresh may reload the
+        # registry from the store while this one is written, and must find them there.
+        await self._with_retry(lambda: state.register_prompts(self._store, registrations), retry)
         if self._pending.poison:
             await self._dead_letter()
+        staged, self._pending = _Staged(self._pending, batches), _Pending()
+        return staged
+
+    async def _write(self, staged: _Staged, retry: bool) -> None:
+        """Record and apply a priced batch's insert, then commit its offsets (the write task)."""
+        assert self._consumer is not None
         flush = _FlushInsert()
-        written = await self._with_retry(lambda: self._write_all(batches, registrations, flush), retry)
+        written = await self._with_retry(lambda: self._write_all(staged.batches, flush), retry, poll=False)
         # A partition lost, or assigned anew, while we wrote is not committed: its next owner (or
         # our own recovery) reads it again from the committed offset.
-        offsets = {self._tp(p): last + 1 for p, last in self._pending.last_offset.items() if self._writable(p)}
+        offsets = {self._tp(p): last + 1 for p, last in staged.pending.last_offset.items() if self._writable(p)}
         try:
             if offsets:  # aiokafka refuses an empty commit
                 await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # We lost the partitions while writing. The rows are stored; the next owner reads the
-            # messages again and drops the events already stored, so dropping the batch is safe.
+            # messages again and drops the events already stored. The batch being read meanwhile
+            # is left to the rebalance: what it takes from us is dropped from it, and what it
+            # gives back is recovered (sought to its committed offset) before being written.
             log.warning("offset commit refused after a rebalance; the next owner will skip what we stored", error=str(exc))
-            self._pending = _Pending()
             return
         for tp, offset in offsets.items():
             self.committed[tp.partition] = offset
         self.stored_total += written
-        log.debug("batch stored", rows=written, messages=self._pending.count, partitions=len(offsets))
-        stored, self._pending = self._pending, _Pending()
-        await _release(stored, batches, flush)
+        log.debug("batch stored", rows=written, messages=staged.pending.count, partitions=len(offsets))
+        await _release(staged.pending, staged.batches, flush)
 
-    async def _with_retry(self, step: Any, retry: bool) -> Any:
+    def _write_unsettled(self) -> bool:
+        """A write is in flight, or failed and the consume loop has not stopped on it yet."""
+        w = self._writing
+        return w is not None and (not w.done() or w.cancelled() or w.exception() is not None)
+
+    async def _await_write(self, *, poll: bool = True) -> None:
+        """Wait for the write in flight, polling paused meanwhile (as a store retry does) so that
+        a long store outage does not cost the group membership; ``poll`` False (the revoke
+        listener) only waits. Raises what it failed with, every time: nothing after a failed
+        write may be written or committed."""
+        w = self._writing
+        if w is None:
+            return
+        if not poll:
+            await asyncio.wait({w})
+        elif not w.done():
+            assert self._consumer is not None
+            paused = False
+            try:
+                while not w.done():
+                    await asyncio.wait({w}, timeout=1.0)
+                    if not w.done():
+                        await self._poll_paused(0.1)
+                        paused = True
+            finally:
+                if paused:
+                    self._consumer.resume(*(tp for tp in self._consumer.assignment() if self._writable(tp.partition)))
+        w.result()
+        self._writing = None
+
+    async def _with_retry(self, step: Any, retry: bool, *, poll: bool = True) -> Any:
+        """``poll``: poll paused between attempts, in the consume loop only (see the module
+        docstring); the write task sleeps instead."""
         delay = 0.1
         paused = False
         assert self._consumer is not None
@@ -474,8 +549,11 @@ class Pricer:
                     if not retry or self._stopping.is_set():
                         raise
                     log.error("store write failed; retrying", error=str(exc)[:500], retry_in_s=delay)
-                    await self._poll_paused(delay)
-                    paused = True
+                    if poll:
+                        await self._poll_paused(delay)
+                        paused = True
+                    else:
+                        await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         finally:
             if paused:
