@@ -4,7 +4,8 @@ Produces N usage events into a fresh topic of a Tansu broker, then measures, ove
 directory with the real migrations:
   pricer     the real Pricer (decode, attribute, price, dedup check, record, insert, commit)
   raw limit  a plain consumer that decodes the same messages and inserts the same rows, unpriced,
-             without attribution, dedup checks or insert records, committing after each insert
+             without attribution, dedup checks or insert records, committing after each insert;
+             as the pricer does, it reads the next batch while one insert is in flight
 events/s is counted from the first message consumed to the last offset committed. The CPU
 time the process used over that window (its Python thread and chDB's threads) is measured too:
 "per core" is events / max(wall seconds, CPU seconds), so a run that kept more than one core busy
@@ -159,30 +160,50 @@ async def run_pricer(store: ChdbStore, bootstrap: str, topic: str, ends: dict[in
 
 
 async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, int], batch: int = 20_000) -> tuple[float, float, float, dict]:
+    """The same topic into the same table with nothing but decoding in between. Written as the
+    pricer writes: one insert per batch over every partition in it, applied and committed by a
+    task while the next batch is read, one write in flight at a time."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:6]}",
                                 enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=batch)
     await consumer.start()
     started = None
     cpu0, loop0 = _cpu_s(), time.thread_time()
-    done: dict[int, int] = {}
+    done: dict[int, int] = {}  # committed
+    read: dict[int, int] = {}
+
+    async def write(rows: list, token: str, offsets: dict) -> None:
+        await store.insert("usage_events", rows, dedup_token=token)
+        await consumer.commit(offsets)
+        for tp, offset in offsets.items():
+            done[tp.partition] = offset
+
+    writing: asyncio.Task[None] | None = None
     try:
         while not all(done.get(p, 0) >= e for p, e in ends.items()):
             records = await consumer.getmany(timeout_ms=200, max_records=batch)
             if not records:
+                if writing is not None:
+                    await writing
+                    writing = None
                 continue
             if started is None:
                 started, cpu0, loop0 = time.perf_counter(), _cpu_s(), time.thread_time()
-            # one insert per poll, over every partition in it, as the pricer writes one per flush
             rows = [to_row(PricedEvent(decode_event(m.value), Cost(), "priced"), 0, topic, tp.partition, m.offset)
                     for tp, messages in sorted(records.items()) for m in messages]
             firsts = "+".join(f"{tp.partition}:{ms[0].offset}" for tp, ms in sorted(records.items()))
-            await store.insert("usage_events", rows, dedup_token=f"raw:{firsts}")
-            await consumer.commit({tp: ms[-1].offset + 1 for tp, ms in records.items()})
-            for tp, ms in records.items():
-                done[tp.partition] = ms[-1].offset + 1
+            if writing is not None:
+                await writing
+            offsets = {tp: ms[-1].offset + 1 for tp, ms in records.items()}
+            writing = asyncio.create_task(write(rows, f"raw:{firsts}", offsets))
+            read.update({tp.partition: offset for tp, offset in offsets.items()})
+            if all(read.get(p, 0) >= e for p, e in ends.items()):
+                await writing  # the last: no poll to wait out
+                writing = None
         elapsed, cpu = time.perf_counter() - (started or time.perf_counter()), _cpu_s() - cpu0
         loop_cpu = time.thread_time() - loop0
     finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
         await consumer.stop()
     return elapsed, cpu, loop_cpu, {}
 
