@@ -461,7 +461,15 @@ class Pricer:
         await self._await_write(poll=retry)
         self._writing = asyncio.create_task(self._write(staged, retry))
         if wait:
-            await self._await_write(poll=retry)
+            try:
+                await self._await_write(poll=retry)
+            except BaseException:
+                # Only the revoke listener waits, and gives its batch up when the write fails.
+                # The batch is out of ``_pending`` already, so every partition kept is recovered
+                # (read again from its committed offset) instead of read on past what was lost.
+                self._writing = None
+                self._unrecovered |= self._owned
+                raise
 
     async def _price_pending(self, retry: bool) -> _Staged:
         """Attribute and price the pending batch, store the prompts it registers and dead-letter

@@ -15,6 +15,7 @@ from services.common.broker import EmbeddedBroker
 from services.pricer import consumer
 from services.pricer.catalog import Catalog
 from services.pricer.pricing import price
+from services.store import StoreError
 from services.store.chdb_store import ChdbStore
 from tests.integration.test_pricer_exactly_once import (
     assert_each_stored_once, make_events, new_topic, pricer_for, produce, run_until_committed,
@@ -183,3 +184,49 @@ def assert_written_in_offset_order(tokens: list[str | None], ends: dict[int, int
             assert first == next_offset[p], (p, first, next_offset[p], tokens)
             next_offset[p] = last + 1
     assert next_offset == ends, tokens
+
+
+class FailingWrites(PassThroughStore):
+    """The real store, refusing inserts into usage_events while ``failing`` is set."""
+
+    def __init__(self, store: ChdbStore) -> None:
+        super().__init__(store)
+        self.failing = False
+
+    async def insert(self, table: str, rows: Any, *, dedup_token: str | None = None) -> None:
+        if table == "usage_events" and self.failing:
+            raise StoreError("the store is down")
+        await super().insert(table, rows, dedup_token=dedup_token)
+
+
+async def test_a_failed_flush_on_revoke_is_given_up_and_what_is_kept_is_read_again(
+    store: ChdbStore, broker: EmbeddedBroker
+) -> None:
+    """The revoke listener's flush does not retry: when its write fails, the batch (already out
+    of the pending one) is given up. The pricer carries on, and the partitions it keeps are read
+    again from their committed offsets, not on from where the lost batch ended."""
+    org, topic, events, ends = await setup(broker, 60)
+    failing = FailingWrites(store)
+    # The batch window is long enough to revoke before the batch closes, and short enough that
+    # the consume loop's poll, which the window bounds, soon returns to recover the rest.
+    pricer = pricer_for(failing, broker, topic, batch=1_000, wait_s=5)  # type: ignore[arg-type]
+    await pricer.start()
+    task = asyncio.create_task(pricer.run())
+    try:
+        await await_until(lambda: _at_least([pricer._pending.count], 60), timeout_s=30, what="every event read")  # noqa: SLF001
+        failing.failing = True
+        await pricer.on_revoked({0})  # its flush fails; the listener logs it and returns
+        failing.failing = False
+        assert pricer.stored_total == 0 and pricer._pending.count == 0  # noqa: SLF001 - the batch was given up
+        kept = sum(end for p, end in ends.items() if p != 0)
+        await await_until(lambda: _at_least([pricer._pending.count], kept), timeout_s=30,  # noqa: SLF001
+                          what="the kept partitions read again")
+        assert not task.done(), "the pricer stopped on the revoke's failed write"
+    finally:
+        pricer.stop()
+        await task  # flushes what it holds
+        await pricer.close()
+    assert pricer.committed == {p: end for p, end in ends.items() if p != 0}
+    # the next owner of partition 0 (1 and 2 are committed already)
+    await run_until_committed(pricer_for(store, broker, topic, batch=1_000), {0: ends[0]})
+    await assert_each_stored_once(store, org, events)
