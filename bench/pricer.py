@@ -80,7 +80,7 @@ def events(n: int) -> list[UsageEvent]:
             key_id=f"key-{i % 500}", provider=provider, route="chat/completions", model=model, model_requested=model,
             started_at=start + timedelta(milliseconds=i * 10), latency_ms=420.0, input_tokens=1_000 + i % 500,
             output_tokens=200 + i % 100, cache_read_tokens=(i % 4) * 100, prompt_key=f"prompt-{i % 200}" if i % 3 else "",
-            customer_id=f"cust-{i % 1000}", feature="chat" if i % 2 else "search", tags=["env:prod"],
+            customer_id=f"cust-{i % 1000}", feature="chat" if i % 2 else "search", tags=("env:prod",),
         ))
     return out
 

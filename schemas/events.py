@@ -38,9 +38,12 @@ CallStatus = Literal[
 class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=False, gc=False):
     """One metered call. Published once by the gateway, keyed by ``org_id``.
 
-    ``gc=False``: an event holds only strings, numbers and lists of strings, so it can never be
+    ``gc=False``: an event holds only strings, numbers and tuples of strings, so it can never be
     part of a reference cycle; keeping the pricer's tens of thousands of in-flight events out of
-    the cyclic collector's sight saves it from walking them on every collection."""
+    the cyclic collector's sight saves it from walking them on every collection. The tags are
+    tuples, not lists, for the same reason: an empty tuple is shared and a filled one leaves the
+    collector's sight after its first pass, where two lists per event were 40k more objects for
+    it to walk per 20k-event batch, on every pass, for as long as the batch lived."""
 
     schema_version: int = SCHEMA_VERSION
     event_id: str  # assigned once at the gateway; the exactly-once identity of the call
@@ -67,8 +70,8 @@ class UsageEvent(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknow
     usage_reported: bool = True  # False when the response carried no usage at all
     prompt_key: str = ""
     prompt_version: int | None = None  # None: attribute to the version active at started_at
-    feature_tags: list[str] = msgspec.field(default_factory=list)
-    tags: list[str] = msgspec.field(default_factory=list)  # "key:value" tags
+    feature_tags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # "key:value" tags
     customer_id: str = ""
     feature: str = ""
     user: str = ""

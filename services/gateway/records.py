@@ -86,7 +86,7 @@ def to_event(record: RecordIn, caller: Caller) -> UsageEvent:
         output_tokens=record.outputTokens,
         cache_read_tokens=record.cachedTokens,
         customer_id=record.accountId or "",
-        tags=[f"context:{context}", f"usage_type:{record.usageType}"],
+        tags=(f"context:{context}", f"usage_type:{record.usageType}"),
     )
 
 

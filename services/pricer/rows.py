@@ -50,8 +50,8 @@ class UsageRow(msgspec.Struct, array_like=True, gc=False):
     price_source: str
     prompt_key: str
     prompt_version: int
-    feature_tags: list[str]
-    tags: list[str]
+    feature_tags: tuple[str, ...]
+    tags: tuple[str, ...]
     customer_id: str
     feature: str
     user_id: str

@@ -32,7 +32,7 @@ def a_row(org: str, **fields: object) -> UsageRow:
         input_cost=Decimal("0.000000000001"), cache_read_cost=Decimal("0.25"), cache_write_cost=Decimal("1.5"),
         output_cost=Decimal("123456789.123456789012"), total_cost=Decimal("123456790.873456789013"),
         pricing_status="priced", price_source="override", prompt_key="welcome", prompt_version=7,
-        feature_tags=["beta", "ui"], tags=["env:prod", 'quote"and\\slash'], customer_id="acme", feature="chat",
+        feature_tags=("beta", "ui"), tags=("env:prod", 'quote"and\\slash'), customer_id="acme", feature="chat",
         user_id="u-9", kafka_topic="topic-z", kafka_partition=3, kafka_offset=2**40 + 1,
     )
     values.update(fields)
@@ -53,6 +53,7 @@ async def test_the_pricers_rows_go_in_by_position_and_land_in_their_columns(stor
     )
     expected = {f: getattr(row, f) for f in UsageRow.__struct_fields__}
     expected["started_at"] = "2026-03-14 09:26:53.589"
+    expected["feature_tags"], expected["tags"] = list(row.feature_tags), list(row.tags)  # arrays come back as lists
     for money in ("input_cost", "cache_read_cost", "cache_write_cost", "output_cost", "total_cost"):
         stored[money] = Decimal(stored[money])
     assert stored == expected
