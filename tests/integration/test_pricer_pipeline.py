@@ -5,7 +5,9 @@ a write that fails for good stops everything after it, and a rebalance never wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from schemas.events import UsageEvent, encode_event
 from services.common.broker import EmbeddedBroker
 from services.pricer import consumer
 from services.pricer.catalog import Catalog
+from services.pricer.consumer import Pricer
 from services.pricer.pricing import price
 from services.store import StoreError
 from services.store.chdb_store import ChdbStore
@@ -61,6 +64,23 @@ async def _at_least(counter: list[int], n: int) -> bool:
     return counter[0] >= n
 
 
+@contextlib.asynccontextmanager
+async def held_pricer(held: HeldWrites, broker: EmbeddedBroker, topic: str) -> AsyncIterator[tuple[Pricer, asyncio.Task[None]]]:
+    """A pricer over ``held`` consuming ``topic``, in batches that close on their ``BATCH``th
+    event only. On the way out the held write is let go, and the pricer stopped and closed; its
+    run's outcome stays in the task for the test to check."""
+    pricer = pricer_for(held, broker, topic, batch=BATCH, wait_s=30)  # type: ignore[arg-type]
+    await pricer.start()
+    task = asyncio.create_task(pricer.run())
+    try:
+        yield pricer, task
+    finally:
+        held.release.set()
+        pricer.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await pricer.close()
+
+
 async def setup(broker: EmbeddedBroker, n: int) -> tuple[str, str, list[UsageEvent], dict[int, int]]:
     org = f"org-{uuid.uuid4().hex[:8]}"
     topic = await new_topic(broker)
@@ -75,11 +95,7 @@ async def test_the_next_batch_is_priced_while_one_is_written_and_committed_only_
     org, topic, events, ends = await setup(broker, 3 * BATCH)
     priced = count_pricing(monkeypatch)
     held = HeldWrites(store)
-    # Batches close on their 100th event only, so the first holds exactly 100.
-    pricer = pricer_for(held, broker, topic, batch=BATCH, wait_s=30)  # type: ignore[arg-type]
-    await pricer.start()
-    task = asyncio.create_task(pricer.run())
-    try:
+    async with held_pricer(held, broker, topic) as (pricer, task):
         await await_until(lambda: _at_least([len(held.event_inserts)], 1), timeout_s=30, what="the first insert begun")
         # The first batch's insert is held; the second batch is read and priced meanwhile.
         await await_until(lambda: _at_least(priced, 2 * BATCH), timeout_s=30, what="the second batch priced")
@@ -88,11 +104,7 @@ async def test_the_next_batch_is_priced_while_one_is_written_and_committed_only_
         assert len(held.event_inserts) == 1 and pricer.committed == {}
         held.release.set()
         await await_until(lambda: _committed(pricer, ends, task), timeout_s=30, what=f"offsets {ends} committed")
-    finally:
-        held.release.set()
-        pricer.stop()
-        await task
-        await pricer.close()
+    task.result()
     assert pricer.committed == ends
     assert len(held.event_inserts) == 3
     assert_written_in_offset_order(held.event_inserts, ends)
@@ -106,20 +118,11 @@ async def test_a_write_that_fails_for_good_stops_the_pricer_before_the_next_batc
     priced = count_pricing(monkeypatch)
     held = HeldWrites(store)
     held.fail_with = RuntimeError("the store lost its disk")
-    pricer = pricer_for(held, broker, topic, batch=BATCH, wait_s=30)  # type: ignore[arg-type]
-    await pricer.start()
-    task = asyncio.create_task(pricer.run())
-    try:
+    async with held_pricer(held, broker, topic) as (pricer, task):
         await await_until(lambda: _at_least(priced, 2 * BATCH), timeout_s=30, what="the second batch priced")
         held.release.set()  # the first write now fails
         with pytest.raises(RuntimeError, match="lost its disk"):
-            await asyncio.wait_for(task, timeout=30)
-    finally:
-        held.release.set()
-        if not task.done():
-            pricer.stop()
-            await asyncio.gather(task, return_exceptions=True)
-        await pricer.close()
+            await asyncio.wait_for(asyncio.shield(task), timeout=30)
     # The second batch, priced and waiting, was neither inserted nor committed.
     assert len(held.event_inserts) == 1 and pricer.committed == {}
     rows = await store.select("SELECT count() AS n FROM usage_events WHERE org_id = {o:String}", {"o": org})
@@ -138,33 +141,26 @@ async def test_a_revoke_while_a_write_is_in_flight_does_not_wait_for_it(
     org, topic, events, ends = await setup(broker, 3 * BATCH)
     priced = count_pricing(monkeypatch)
     held = HeldWrites(store)
-    pricer = pricer_for(held, broker, topic, batch=BATCH, wait_s=30)  # type: ignore[arg-type]
-    await pricer.start()
-    task = asyncio.create_task(pricer.run())
-    try:
+    async with held_pricer(held, broker, topic) as (pricer, task):
         await await_until(lambda: _at_least([len(held.event_inserts)], 1), timeout_s=30, what="the first insert begun")
         await await_until(lambda: _at_least(priced, BATCH + 1), timeout_s=30, what="the next batch being read")
         await asyncio.wait_for(pricer.on_revoked({0, 1, 2}), timeout=5)  # returns while the write is held
         assert not pricer.partitions and len(held.event_inserts) == 1
         held.release.set()
         await await_until(lambda: _write_settled(pricer), timeout_s=30, what="the held write settled")
-    finally:
-        held.release.set()
-        pricer.stop()
-        await task
-        await pricer.close()
+    task.result()
     assert pricer.committed == {}  # every partition was lost before its write could commit
     await run_until_committed(pricer_for(store, broker, topic, batch=BATCH), ends)
     await assert_each_stored_once(store, org, events)
 
 
-async def _committed(pricer: consumer.Pricer, ends: dict[int, int], task: asyncio.Task) -> bool:
+async def _committed(pricer: Pricer, ends: dict[int, int], task: asyncio.Task) -> bool:
     if task.done():
         task.result()
     return all(pricer.committed.get(p, 0) >= end for p, end in ends.items())
 
 
-async def _write_settled(pricer: consumer.Pricer) -> bool:
+async def _write_settled(pricer: Pricer) -> bool:
     return not pricer._write_unsettled()  # noqa: SLF001 - the write task's state
 
 
