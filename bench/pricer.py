@@ -182,9 +182,6 @@ async def run_raw(store: ChdbStore, bootstrap: str, topic: str, ends: dict[int, 
         while not all(done.get(p, 0) >= e for p, e in ends.items()):
             records = await consumer.getmany(timeout_ms=200, max_records=batch)
             if not records:
-                if writing is not None:
-                    await writing
-                    writing = None
                 continue
             if started is None:
                 started, cpu0, loop0 = time.perf_counter(), _cpu_s(), time.thread_time()

@@ -193,9 +193,7 @@ class Pricer:
         assert self._consumer is not None
         try:
             while not self._stopping.is_set():
-                if self._writing is not None and self._writing.done():
-                    self._writing.result()  # a write that failed for good ends the pricer here
-                    self._writing = None
+                self._settle_write()  # a write that failed for good ends the pricer here
                 if self._unrecovered:
                     async with self._flush_lock:
                         # A write in flight may still commit: recovery reads the committed
@@ -542,9 +540,20 @@ class Pricer:
                         paused = True
             finally:
                 if paused:
-                    self._consumer.resume(*(tp for tp in self._consumer.assignment() if self._writable(tp.partition)))
-        w.result()
-        self._writing = None
+                    self._resume_writable()
+        self._settle_write()
+
+    def _settle_write(self) -> None:
+        """Forget a write that is done, or raise what it failed with (every time: nothing after a
+        failed write may be written or committed)."""
+        if self._writing is not None and self._writing.done():
+            self._writing.result()
+            self._writing = None
+
+    def _resume_writable(self) -> None:
+        """Resume the partitions paused for polling, leaving those not recovered yet paused."""
+        assert self._consumer is not None
+        self._consumer.resume(*(tp for tp in self._consumer.assignment() if self._writable(tp.partition)))
 
     async def _with_retry(self, step: Any, retry: bool, *, poll: bool = True) -> Any:
         """``poll``: poll paused between attempts, in the consume loop only (see the module
@@ -571,7 +580,7 @@ class Pricer:
                     delay = min(delay * 2, 5.0)
         finally:
             if paused:
-                self._consumer.resume(*(tp for tp in self._consumer.assignment() if self._writable(tp.partition)))
+                self._resume_writable()
 
     async def _poll_paused(self, seconds: float) -> None:
         """Poll (to stay in the group) without taking messages. Paused again on every pass: a
