@@ -8,8 +8,10 @@ per request, anyio task lookups) cost about 0.8 ms of CPU per call; aiohttp's ab
 the request and parses the answer with httptools serves about 3x the calls of an aiohttp one on
 the same core, at a fifth of its p99 (``bench/gateway.py`` gives the gateway's figures). What
 a provider call needs is small: POST, a body, a response read whole or streamed, keep-alive,
-TLS, timeouts, an egress proxy. httpx remains the client off the hot path (the gateway's cached
-key lookups, tests, benchmarks), where a call's overhead does not matter.
+TLS, timeouts, an egress proxy. The gateway's key lookups (``auth.py``) use it too: httpx
+left each lookup's request, response and pool objects in reference cycles, garbage that only a
+rare full collection frees, and the gateway's memory crept up with the lookup rate. httpx
+remains the client of tests and benchmarks.
 
 An egress proxy (``HTTP(S)_PROXY``, resolved once by ``proxy_for``): a plain-HTTP provider is
 asked through it in absolute form; an HTTPS one through a ``CONNECT`` tunnel, TLS end to end.
@@ -150,10 +152,20 @@ class UpstreamClient:
     async def post(self, origin: Origin, path: str, headers: Mapping[str, str], body: bytes) -> UpstreamResponse:
         """POST ``body`` to ``origin.base_path + path`` (``path`` starts with "/" and may carry
         a query string) with the caller's ``headers`` (lowercase names; no Host, no framing)."""
-        head = _request_head(origin, origin.base_path + path, headers, len(body))
+        return await self.request("POST", origin, path, headers, body)
+
+    async def get(self, origin: Origin, path: str, headers: Mapping[str, str]) -> UpstreamResponse:
+        """GET ``origin.base_path + path``, as ``post`` does without a body."""
+        return await self.request("GET", origin, path, headers, None)
+
+    async def request(self, method: str, origin: Origin, path: str, headers: Mapping[str, str],
+                      body: bytes | None) -> UpstreamResponse:
+        head = _request_head(method, origin, origin.base_path + path, headers, None if body is None else len(body))
+        if body:
+            head += body
         conn = await self._acquire(origin)
         try:
-            conn.send(head + body)
+            conn.send(head)
             await conn.response_head()
         except BaseException:
             conn.abort()
@@ -239,16 +251,18 @@ async def _open_tunnel(loop: asyncio.AbstractEventLoop, conn: Connection, origin
     conn.transport = await loop.start_tls(conn.transport, conn, tls, server_hostname=origin.host)  # type: ignore[assignment]
 
 
-def _request_head(origin: Origin, path: str, headers: Mapping[str, str], length: int) -> bytes:
+def _request_head(method: str, origin: Origin, path: str, headers: Mapping[str, str], length: int | None) -> bytes:
+    """The request line and headers; ``length`` None for a request without a body (a GET),
+    which then carries no framing header at all."""
     target = f"{origin.scheme}://{origin.authority}{path}" if origin.absolute_form else path
-    lines = [f"POST {target} HTTP/1.1\r\nhost: {origin.authority}\r\n"]
+    lines = [f"{method} {target} HTTP/1.1\r\nhost: {origin.authority}\r\n"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value:  # never let a value end the header and start another
             raise ValueError(f"header {name!r} has a line break in its value")
         lines.append(f"{name}: {value}\r\n")
     if origin.absolute_form and origin.proxy_authorization:
         lines.append(f"proxy-authorization: {origin.proxy_authorization}\r\n")
-    lines.append(f"content-length: {length}\r\n\r\n")
+    lines.append("\r\n" if length is None else f"content-length: {length}\r\n\r\n")
     return "".join(lines).encode("latin-1")
 
 

@@ -91,6 +91,21 @@ async def test_sequential_calls_share_one_keep_alive_connection_and_send_what_th
     assert "content-length: 2\r\n" in head
 
 
+async def test_a_get_carries_no_body_and_no_framing_header_and_shares_the_pool_with_posts() -> None:
+    client = UpstreamClient(2, 2)
+    async with serve(keep_answering) as provider:
+        response = await client.get(origin(provider, "/api"), "/auth/whoami", {"authorization": "Bearer mtl_1"})
+        assert (response.status, await response.read()) == (200, JSON_OK)
+        response = await client.post(origin(provider, "/api"), "/x", {}, b"{}")
+        assert (response.status, await response.read()) == (200, JSON_OK)
+        await client.close()
+    assert provider.connections == 1
+    head = provider.requests[0].decode()
+    assert head.startswith("GET /api/auth/whoami HTTP/1.1\r\n") and "authorization: Bearer mtl_1\r\n" in head
+    assert "content-length" not in head and "transfer-encoding" not in head
+    assert provider.requests[1].decode().startswith("POST /api/x HTTP/1.1\r\n")
+
+
 async def test_concurrent_calls_each_get_a_connection_and_all_are_pooled_after() -> None:
     client = UpstreamClient(2, 2)
     async with serve(keep_answering) as provider:
