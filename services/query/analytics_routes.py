@@ -12,11 +12,11 @@ from litestar import Request, Response, get
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from services.query import analytics, control, spend
+from services.query import analytics, spend
 from services.query.aggregations import Window
 from services.query.auth import Principal
 from services.query.params import bad, pagination, positive_int, time_range
-from services.query.responses import encode_json, store_of
+from services.query.responses import encode_json, labels_of, store_of
 
 _Date = Annotated[str | None, Parameter(description="YYYY-MM-DD (whole day, UTC) or ISO 8601")]
 
@@ -49,7 +49,7 @@ async def customer_detail(request: Request, principal: Principal, span: Window, 
                else {date.fromisoformat(d["date"]): d["calls"] for d in detail["daily"]})
     rows, total = await analytics.customer_calls(store, principal.org_id, span.start, span.end, customer_id, limit, page,
                                                  per_day)
-    names = await control.labels(store, principal.org_id, {r["key_id"] for r in rows})
+    names = await labels_of(request).of(principal.org_id, [r["key_id"] for r in rows], [r["team_id"] for r in rows])
     detail["calls_page"] = {"data": [spend.log_object(x, names.masked_keys, names.team_names) for x in rows],
                             "pagination": pagination(page, limit, total)}
     return detail
@@ -70,7 +70,7 @@ async def features_by_customer(request: Request, span: Window) -> Any:
 
 @get("/api/aggregations/by-key")
 async def by_key(request: Request, span: Window) -> dict[str, Any]:
-    return {"keys": await analytics.by_key(store_of(request), span)}
+    return {"keys": await analytics.by_key(store_of(request), labels_of(request), span)}
 
 
 @get("/api/aggregations/by-tag")
@@ -98,7 +98,7 @@ async def export(request: Request, principal: Principal, start: _Date = None, en
         raise bad("format", "expected csv or json")
     store = store_of(request)
     r = time_range(start, end, names=("start", "end"))
-    names = await control.labels(store, principal.org_id)
+    names = await labels_of(request).of(principal.org_id)
     keys, teams = names.masked_keys, names.team_names
     batches = analytics.export_rows(store, principal.org_id, r, model=model, customer=customer, feature=feature, team=team)
 

@@ -24,7 +24,8 @@ from services.query import analytics_routes, billing_routes, spend_routes
 from services.query import control
 from services.query.auth import KeyResolver, Principal, principal_of, require_admin
 from services.query.params import parse_instant
-from services.query.responses import MoneyResponse, store_of
+from services.query.labels import LabelCache
+from services.query.responses import MoneyResponse, labels_of, store_of
 from services.store import Store, StoreError
 
 log = structlog.get_logger(__name__)
@@ -126,7 +127,9 @@ async def create_org(request: Request, principal: Principal, data: OrgIn) -> dic
 
 @post("/api/teams", guards=[require_admin], status_code=201)
 async def create_team(request: Request, principal: Principal, data: TeamIn) -> dict[str, Any]:
-    return await control.create_team(store_of(request), principal.org_id, data.name)
+    team = await control.create_team(store_of(request), principal.org_id, data.name)
+    labels_of(request).forget(principal.org_id)
+    return team
 
 
 @get("/api/teams")
@@ -136,7 +139,9 @@ async def list_teams(request: Request, principal: Principal) -> dict[str, Any]:
 
 @post("/api/keys", guards=[require_admin], status_code=201)
 async def create_key(request: Request, principal: Principal, data: KeyIn) -> dict[str, Any]:
-    return await control.create_key(store_of(request), principal.org_id, data.name, data.team_id, data.role)
+    key = await control.create_key(store_of(request), principal.org_id, data.name, data.team_id, data.role)
+    labels_of(request).forget(principal.org_id)
+    return key
 
 
 @get("/api/keys", guards=[require_admin])
@@ -218,7 +223,7 @@ async def by_prompt(request: Request, span: agg.Window) -> dict[str, Any]:
 
 @get("/api/aggregations/by-team")
 async def by_team(request: Request, span: agg.Window) -> dict[str, Any]:
-    return await agg.by_team(store_of(request), span)
+    return await agg.by_team(store_of(request), labels_of(request), span)
 
 
 @get("/api/aggregations/version-comparison")
@@ -276,4 +281,5 @@ def create_app(store: Store, settings: QuerySettings) -> Litestar:
     )
     app.state.store = store
     app.state.key_resolver = KeyResolver(store, settings.key_cache_ttl_s)
+    app.state.labels = LabelCache(store)
     return app

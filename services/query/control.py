@@ -5,10 +5,9 @@ Every function takes the organisation as a required argument; none can reach acr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any
 
 from services.query.keys import KEY_PREFIX, hash_key, mask, new_id, new_key
 from services.store import Store
@@ -154,28 +153,6 @@ async def list_keys(store: Store, org_id: str) -> list[dict[str, Any]]:
         {"org": org_id},
     )
     return [_key_view(r) for r in rows]
-
-
-class Labels(NamedTuple):
-    """What a call or a spend row shows next to its key id and team id."""
-
-    masked_keys: dict[str, str]  # key id -> masked key (the key itself is never stored)
-    team_names: dict[str, str]
-
-
-async def labels(store: Store, org_id: str, key_ids: Iterable[str] | None = None) -> Labels:
-    """The organisation's keys (only ``key_ids``, when given), masked, and its teams' names, in one
-    read: what a page of calls shows next to each call. A key or team not there has no entry."""
-    only = "" if key_ids is None else " AND has({ids:Array(String)}, key_id)"
-    rows = await store.select(
-        "SELECT 'key' AS kind, key_id AS id, prefix, last4, '' AS name FROM api_keys FINAL"
-        f" WHERE org_id = {{org:String}}{only}"
-        " UNION ALL SELECT 'team' AS kind, team_id AS id, '' AS prefix, '' AS last4, name FROM teams FINAL"
-        " WHERE org_id = {org:String}",
-        {"org": org_id} if key_ids is None else {"org": org_id, "ids": sorted(key_ids)},
-    )
-    return Labels({r["id"]: mask(r["prefix"], r["last4"]) for r in rows if r["kind"] == "key"},
-                  {r["id"]: r["name"] for r in rows if r["kind"] == "team"})
 
 
 async def revoke_key(store: Store, org_id: str, key_id: str) -> dict[str, Any]:

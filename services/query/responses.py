@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 
+from services.query.labels import LabelCache
 from services.store import Store
 from litestar.serialization import default_serializer
 
@@ -26,6 +27,11 @@ def encode_json(content: Any) -> bytes:
 def store_of(request: Request) -> Store:
     """The store the app was built with."""
     return request.app.state.store
+
+
+def labels_of(request: Request) -> LabelCache:
+    """The app's key and team labels (``labels.py``)."""
+    return request.app.state.labels
 
 
 class MoneyResponse(Response):

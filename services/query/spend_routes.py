@@ -14,12 +14,12 @@ from services.gateway.usage import anthropic_usage, openai_usage
 from services.pricer import state
 from services.pricer.catalog import provider_of
 from services.pricer.pricing import price
-from services.query import control, records, spend
+from services.query import records, spend
 from services.query.aggregations import money
 from services.query.auth import Principal
 from services.query.keys import hash_key
 from services.query.params import bad, positive_int, time_range
-from services.query.responses import store_of
+from services.query.responses import labels_of, store_of
 from services.store import Store
 from schemas.events import UsageEvent
 
@@ -57,7 +57,7 @@ async def spend_logs(
         assert r is not None
         return await spend.logs_by_date(store, principal.org_id, r, key_id=key_id, user=user_id)
     rows = await spend.logs(store, principal.org_id, r, request_id=request_id, key_id=key_id, user=user_id, limit=limit)
-    names = await control.labels(store, principal.org_id, {row["key_id"] for row in rows})
+    names = await labels_of(request).of(principal.org_id, [row["key_id"] for row in rows], [row["team_id"] for row in rows])
     return [spend.log_object(row, names.masked_keys, names.team_names) for row in rows]
 
 

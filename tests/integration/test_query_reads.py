@@ -20,6 +20,7 @@ from services.pricer.rows import to_row
 from services.query import aggregations, analytics, billing, records, spend
 from services.query.aggregations import Window
 from services.query.billing import locate
+from services.query.labels import LabelCache
 from services.query.params import Range
 from services.store.chdb_store import ChdbStore
 from tests.integration.test_pricer_exactly_once import make_events
@@ -177,8 +178,8 @@ async def test_aggregations_read_the_rollup_projections(store: ChdbStore) -> Non
     store.select, store.select_json = spy, spy_json  # type: ignore[method-assign]
     try:
         await aggregations.monthly(store, w)
-        await aggregations.by_team(store, w)
-        await analytics.by_key(store, w)
+        await aggregations.by_team(store, LabelCache(store), w)
+        await analytics.by_key(store, LabelCache(store), w)
         await analytics.daily(store, w)
         await billing.analytics(store, org, billing.Range(BASE, BASE + timedelta(days=1)))
         await analytics.customers(store, w, "cost", "desc", 10, 1)
