@@ -28,8 +28,9 @@ import base64
 import ssl
 import urllib.request
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from services.gateway.http1 import Connection, UpstreamBroken
@@ -149,14 +150,15 @@ class UpstreamClient:
         self._idle: dict[Origin, deque[Connection]] = {}
         self._closed = False
 
-    async def post(self, origin: Origin, path: str, headers: Mapping[str, str], body: bytes) -> UpstreamResponse:
+    # post and get hand back request's coroutine itself: no extra coroutine per provider call.
+    def post(self, origin: Origin, path: str, headers: Mapping[str, str], body: bytes) -> Coroutine[Any, Any, UpstreamResponse]:
         """POST ``body`` to ``origin.base_path + path`` (``path`` starts with "/" and may carry
         a query string) with the caller's ``headers`` (lowercase names; no Host, no framing)."""
-        return await self.request("POST", origin, path, headers, body)
+        return self.request("POST", origin, path, headers, body)
 
-    async def get(self, origin: Origin, path: str, headers: Mapping[str, str]) -> UpstreamResponse:
+    def get(self, origin: Origin, path: str, headers: Mapping[str, str]) -> Coroutine[Any, Any, UpstreamResponse]:
         """GET ``origin.base_path + path``, as ``post`` does without a body."""
-        return await self.request("GET", origin, path, headers, None)
+        return self.request("GET", origin, path, headers, None)
 
     async def request(self, method: str, origin: Origin, path: str, headers: Mapping[str, str],
                       body: bytes | None) -> UpstreamResponse:
