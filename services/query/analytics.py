@@ -147,7 +147,7 @@ async def by_key(store: Store, labels: LabelCache, w: Window) -> list[dict[str, 
         "SELECT key_id, team_id, sum(total_cost) AS total_cost, sum(request_count) AS calls"
         f" FROM spend_daily_by_key WHERE {_FILTER} GROUP BY key_id, team_id ORDER BY total_cost DESC, key_id",
         w.params())
-    names = await labels.of(w.org_id, (r["key_id"] for r in rows), (r["team_id"] for r in rows))
+    names = await labels.of_rows(w.org_id, rows)
     return [{"key_id": r["key_id"], "team_id": r["team_id"], "total_cost": money(Decimal(r["total_cost"])),
              "calls": int(r["calls"]), "masked_key": names.masked_keys.get(r["key_id"], ""),
              "key_name": names.key_names.get(r["key_id"], ""), "team_name": names.team_names.get(r["team_id"], "")}

@@ -49,7 +49,7 @@ async def customer_detail(request: Request, principal: Principal, span: Window, 
                else {date.fromisoformat(d["date"]): d["calls"] for d in detail["daily"]})
     rows, total = await analytics.customer_calls(store, principal.org_id, span.start, span.end, customer_id, limit, page,
                                                  per_day)
-    names = await labels_of(request).of(principal.org_id, [r["key_id"] for r in rows], [r["team_id"] for r in rows])
+    names = await labels_of(request).of_rows(principal.org_id, rows)
     detail["calls_page"] = {"data": [spend.log_object(x, names.masked_keys, names.team_names) for x in rows],
                             "pagination": pagination(page, limit, total)}
     return detail
@@ -98,24 +98,29 @@ async def export(request: Request, principal: Principal, start: _Date = None, en
         raise bad("format", "expected csv or json")
     store = store_of(request)
     r = time_range(start, end, names=("start", "end"))
-    names = await labels_of(request).of(principal.org_id)
-    keys, teams = names.masked_keys, names.team_names
+    labels = labels_of(request)
     batches = analytics.export_rows(store, principal.org_id, r, model=model, customer=customer, feature=feature, team=team)
 
-    async def as_json() -> AsyncIterator[bytes]:
+    async def log_objects() -> AsyncIterator[list[dict[str, Any]]]:
+        """Each batch's calls as log objects, named with the labels of the keys and teams in it
+        (a key made since the export began, by another replica too, is named as well)."""
         async for rows in batches:
-            yield b"".join(encode_json(spend.log_object(x, keys, teams)) + b"\n" for x in rows)
+            names = await labels.of_rows(principal.org_id, rows)
+            yield [spend.log_object(x, names.masked_keys, names.team_names) for x in rows]
+
+    async def as_json() -> AsyncIterator[bytes]:
+        async for objs in log_objects():
+            yield b"".join(encode_json(obj) + b"\n" for obj in objs)
 
     async def as_csv() -> AsyncIterator[bytes]:
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(EXPORT_COLUMNS)
         yield buf.getvalue().encode()
-        async for rows in batches:
+        async for objs in log_objects():
             buf.seek(0)
             buf.truncate()
-            for x in rows:
-                obj = spend.log_object(x, keys, teams)
+            for obj in objs:
                 writer.writerow([";".join(obj[c]) if c == "tags" else obj[c] for c in EXPORT_COLUMNS])
             yield buf.getvalue().encode()
 

@@ -10,14 +10,15 @@ whatever the window.
 
 An id that is in neither table (spend recorded under a key id the organisation does not have)
 would send every read back to the store; so an organisation is read again for unseen ids at
-most once per ``refresh_s``, and those ids show no label meanwhile.
+most once per ``refresh_s``, and those ids show no label meanwhile. So every reader names the ids
+it shows (``of_rows``): an organisation's labels asked for without ids are never read again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from services.query.keys import mask
 from services.store import Store
@@ -53,6 +54,10 @@ class LabelCache:
             self._orgs.clear()  # rare: a deployment with more organisations than this reads them again
         self._orgs[org_id] = (time.monotonic(), labels)
         return labels
+
+    async def of_rows(self, org_id: str, rows: Sequence[Mapping[str, Any]]) -> Labels:
+        """The labels of rows that carry a ``key_id`` and a ``team_id`` (calls, spend per key)."""
+        return await self.of(org_id, (r["key_id"] for r in rows), (r["team_id"] for r in rows))
 
     def forget(self, org_id: str) -> None:
         """A key or team was created here: read the organisation again on its next use, so what

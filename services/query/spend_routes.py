@@ -57,7 +57,7 @@ async def spend_logs(
         assert r is not None
         return await spend.logs_by_date(store, principal.org_id, r, key_id=key_id, user=user_id)
     rows = await spend.logs(store, principal.org_id, r, request_id=request_id, key_id=key_id, user=user_id, limit=limit)
-    names = await labels_of(request).of(principal.org_id, [row["key_id"] for row in rows], [row["team_id"] for row in rows])
+    names = await labels_of(request).of_rows(principal.org_id, rows)
     return [spend.log_object(row, names.masked_keys, names.team_names) for row in rows]
 
 
