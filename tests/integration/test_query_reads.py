@@ -268,3 +268,41 @@ async def test_select_json_writes_exact_money_as_numbers(store: ChdbStore) -> No
         " map('gpt-4o', toDecimal128('1.5', 12)) AS models")
     assert body.replace(b"\n", b"") == b'[{"cost":0.00725,"whole":5,"n":18446744073709551615,"models":{"gpt-4o":1.5}}]'
     assert json.loads(await store.select_json("SELECT 1 AS x WHERE 0")) == []
+
+
+async def test_every_rollup_read_keeps_to_the_provider_and_leaves_sandbox_calls_out_unless_asked(store: ChdbStore) -> None:
+    """The window's provider and sandbox filters are written into each statement only when they
+    filter (``Window.where``): every reader must count exactly the calls they select. Six calls:
+    three OpenAI, two Anthropic, one OpenAI in the sandbox."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 6)
+    for i, e in enumerate(events):
+        e.customer_id, e.feature, e.tags, e.prompt_key = "acme", "chat", ("env:prod",), "p"
+        if i in (3, 4):
+            e.provider, e.model, e.model_requested = "anthropic", "claude-sonnet-4-20250514", "claude-sonnet-4-20250514"
+        e.sandbox = i == 5
+    await store_calls(store, events)
+
+    async def calls_per_reader(w: Window) -> dict[str, int]:
+        customers, _ = await analytics.customers(store, w, "cost", "desc", 10, 1)
+        cross = json.loads(await analytics.customer_by_feature(store, w))
+        return {
+            "monthly": (await aggregations.monthly(store, w))["request_count"],
+            "by-prompt": sum(p["request_count"] for p in (await aggregations.by_prompt(store, w))["prompts"]),
+            "by-team": sum(t["request_count"] for t in (await aggregations.by_team(store, LabelCache(store), w))["teams"]),
+            "versions": sum(v["request_count"] for v in (await aggregations.version_comparison(store, w, "p"))["versions"]),
+            "by-key": sum(k["calls"] for k in await analytics.by_key(store, LabelCache(store), w)),
+            "by-tag": sum(t["calls"] for t in await analytics.by_tag(store, w) if t["tag"] == "env:prod"),
+            "daily": sum(d["calls"] for d in await analytics.daily(store, w)),
+            "customers": sum(c["calls"] for c in customers),
+            "customer": (await analytics.customer(store, w, "acme"))["calls"],
+            "features": sum(f["calls"] for f in await analytics.features(store, w)),
+            "by-customer": sum(int(r["calls"]) for r in cross),
+        }
+
+    day = BASE.date()
+    for provider, include_sandbox, expected in (("", False, 5), ("", True, 6), ("openai", False, 3),
+                                                ("openai", True, 4), ("anthropic", False, 2), ("anthropic", True, 2),
+                                                ("mistral", True, 0)):
+        counts = await calls_per_reader(Window(org, day, day, provider, include_sandbox))
+        assert counts == dict.fromkeys(counts, expected), (provider, include_sandbox, counts)
