@@ -2,8 +2,8 @@
 runs every benchmark, each reports its figures, and every target of the issue has a measured
 value. Whether a target is met is the full run's verdict, not this test's.
 
-Takes a few minutes (about 4, plus about 1.5 the first time, when it installs LiteLLM into
-bench/.venv-litellm). Needs wrk and nginx (.ci/run installs them); METERLINE_SKIP_BENCH=1 skips it.
+Takes about 3 minutes (the first time, that includes installing LiteLLM into
+bench/.venv-litellm with uv: about 8 s). Needs wrk and nginx (.ci/run installs them); METERLINE_SKIP_BENCH=1 skips it.
 """
 
 from __future__ import annotations
