@@ -203,27 +203,27 @@ def start_gateway(tmp: Path, upstream: int, bootstrap: str, query: int, workers:
     return proc, port
 
 
-def _litellm_install_steps() -> list[list[str]]:
-    """The commands that put litellm[proxy] into ``LITELLM_VENV``: with uv (a test dependency)
-    where it is installed, else with the venv's own pip. pip took about 125 s on a clean machine,
-    a third of CI's benchmark test; uv about 8 s (its resolver and parallel downloads)."""
-    python = LITELLM_VENV / "bin" / "python"
+def _litellm_installers() -> list[tuple[str, list[list[str]]]]:
+    """The ways to put litellm[proxy] into ``LITELLM_VENV``, in the order to try them, each as the
+    commands it runs: uv (a test dependency) where it is installed, then the venv's own pip. pip
+    took about 125 s on a clean machine, a third of CI's benchmark test; uv about 8 s."""
+    python, installers = LITELLM_VENV / "bin" / "python", []
     try:
         import uv  # noqa: F401 - only whether it is there
-
-        uv_cmd = [sys.executable, "-m", "uv"]
     except ImportError:
-        uv_cmd = None
-    steps = []
-    if uv_cmd is not None:
-        if not python.exists():
-            steps.append([*uv_cmd, "venv", "--quiet", "--python", sys.executable, str(LITELLM_VENV)])
-        steps.append([*uv_cmd, "pip", "install", "--quiet", "--python", str(python), "litellm[proxy]"])
-        return steps
-    if not (LITELLM_VENV / "bin" / "pip").exists():
-        steps.append([sys.executable, "-m", "venv", str(LITELLM_VENV)])
-    steps.append([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"])
-    return steps
+        pass
+    else:
+        uv_cmd = [sys.executable, "-m", "uv"]
+        installers.append(("uv", [
+            *([[*uv_cmd, "venv", "--quiet", "--python", sys.executable, str(LITELLM_VENV)]] if not python.exists() else []),
+            # the system's certificates, as pip uses them: uv's own bundle refuses a corporate proxy's
+            [*uv_cmd, "pip", "install", "--quiet", "--system-certs", "--python", str(python), "litellm[proxy]"],
+        ]))
+    installers.append(("pip", [
+        [sys.executable, "-m", "venv", str(LITELLM_VENV)],  # also gives a venv made by uv its pip
+        [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+    ]))
+    return installers
 
 
 def litellm_install(timeout_s: float) -> dict[str, Any]:
@@ -232,17 +232,25 @@ def litellm_install(timeout_s: float) -> dict[str, Any]:
     if (LITELLM_VENV / "bin" / "litellm").exists():
         info["installed"] = "already"
     else:
-        t = time.perf_counter()
-        try:
-            for step in _litellm_install_steps():
-                subprocess.run(step, check=True, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            info.update(status="missing", reason=f"installing litellm[proxy] took longer than {timeout_s:.0f} s")
+        t, failures = time.perf_counter(), []
+        for name, steps in _litellm_installers():
+            try:
+                for step in steps:
+                    subprocess.run(step, check=True, capture_output=True, text=True, timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                info.update(status="missing", reason=f"installing litellm[proxy] with {name} took longer than {timeout_s:.0f} s")
+                return info
+            except (subprocess.CalledProcessError, OSError) as exc:
+                detail = getattr(exc, "stderr", None) or str(exc)
+                failures.append(f"with {name}: {str(detail).strip()[-400:]}")
+                continue
+            info["installed_with"] = name
+            break
+        else:
+            info.update(status="missing", reason=f"installing litellm[proxy] failed {'; '.join(failures)}")
             return info
-        except (subprocess.CalledProcessError, OSError) as exc:
-            detail = getattr(exc, "stderr", None) or str(exc)
-            info.update(status="missing", reason=f"installing litellm[proxy] failed: {str(detail).strip()[-500:]}")
-            return info
+        if failures:
+            info["install_failures"] = failures
         info["installed"] = "now"
         info["install_s"] = round(time.perf_counter() - t, 1)
     try:
@@ -670,7 +678,7 @@ def table(results: dict[str, Any]) -> str:
     if lite.get("status") != "ok":
         lines.append(f"  litellm: {lite.get('status')} ({lite.get('reason')})")
     elif lite.get("install_s"):
-        lines.append(f"  litellm {lite.get('version')}: installed in {lite['install_s']} s")
+        lines.append(f"  litellm {lite.get('version')}: installed in {lite['install_s']} s with {lite.get('installed_with')}")
     stream = results.get("stream")
     if stream:
         lines.append(f"Streamed, time to first chunk (c=1, {stream['requests_per_peer']} requests per peer)")
