@@ -219,9 +219,11 @@ def _litellm_installers() -> list[tuple[str, list[list[str]]]]:
             # the system's certificates, as pip uses them: uv's own bundle refuses a corporate proxy's
             [*uv_cmd, "pip", "install", "--quiet", "--system-certs", "--python", str(python), "litellm[proxy]"],
         ]))
+    pip = LITELLM_VENV / "bin" / "pip"
     installers.append(("pip", [
-        [sys.executable, "-m", "venv", str(LITELLM_VENV)],  # also gives a venv made by uv its pip
-        [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
+        # made by venv when missing, also into a venv that uv made (which has no pip)
+        *([[sys.executable, "-m", "venv", str(LITELLM_VENV)]] if not pip.exists() else []),
+        [str(pip), "install", "-q", "litellm[proxy]"],
     ]))
     return installers
 
