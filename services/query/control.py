@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from services.query.filters import optional
 from services.query.keys import KEY_PREFIX, hash_key, mask, new_id, new_key
 from services.store import Store
 
@@ -182,10 +183,11 @@ async def _versions(store: Store, org_id: str, prompt_key: str) -> list[dict[str
 
 
 async def _active_versions(store: Store, org_id: str, prompt_key: str | None = None) -> dict[str, int]:
+    only_key, params = optional((("prompt_key = {key:String}", "key", prompt_key),))
     rows = await store.select(
         "SELECT prompt_key, argMax(version, activated_at) AS version FROM prompt_activations FINAL"
-        " WHERE org_id = {org:String} AND ({key:String} = '' OR prompt_key = {key:String}) GROUP BY prompt_key",
-        {"org": org_id, "key": prompt_key or ""},
+        f" WHERE org_id = {{org:String}}{only_key} GROUP BY prompt_key",
+        {"org": org_id, **params},
     )
     return {r["prompt_key"]: int(r["version"]) for r in rows}
 

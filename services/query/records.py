@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.query.aggregations import money
+from services.query.filters import optional
 from services.query.spend import NEWEST_FIRST
 from services.store import Store
 
@@ -20,15 +21,17 @@ def _usage_type(tags: list[str]) -> str:
 
 async def records(store: Store, org_id: str, *, account_id: str | None, model_id: str | None,
                   context: str | None, limit: int) -> list[dict[str, Any]]:
+    filters, params = optional((
+        ("customer_id = {account:String}", "account", account_id),
+        ("model = {model:String}", "model", model_id),
+        ("has(tags, concat('context:', {context:String}))", "context", context),
+    ))
     rows = await store.select(
         "SELECT toString(event_id) AS id, request_id, customer_id, model, provider, tags, input_tokens,"
         " output_tokens, cache_read_tokens, total_cost, pricing_status, started_at FROM usage_events"
-        " WHERE org_id = {org:String} AND route = 'usage/record'"
-        " AND ({account:String} = '' OR customer_id = {account:String})"
-        " AND ({model:String} = '' OR model = {model:String})"
-        " AND ({context:String} = '' OR has(tags, concat('context:', {context:String})))"
+        f" WHERE org_id = {{org:String}} AND route = 'usage/record'{filters}"
         f" ORDER BY {NEWEST_FIRST} LIMIT {{limit:UInt32}}",
-        {"org": org_id, "account": account_id or "", "model": model_id or "", "context": context or "", "limit": limit},
+        {"org": org_id, "limit": limit, **params},
     )
     return [
         {

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.query.aggregations import money
+from services.query.filters import optional
 from services.query.params import Range
 from services.store import Store
 
@@ -70,21 +71,17 @@ def log_object(row: dict[str, Any], keys: dict[str, str], teams: dict[str, str])
 
 
 def _filters(org_id: str, r: Range | None, request_id: str | None, key_id: str | None, user: str | None) -> tuple[str, dict[str, Any]]:
-    where = ["org_id = {org:String}", "NOT sandbox"]
+    where = "org_id = {org:String} AND NOT sandbox"
     params: dict[str, Any] = {"org": org_id}
     if r is not None:
-        where.append("started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}")
+        where += " AND started_at >= {start:DateTime64(3, 'UTC')} AND started_at < {end:DateTime64(3, 'UTC')}"
         params.update(start=r.start, end=r.end)
-    if request_id:
-        where.append("request_id = {request_id:String}")
-        params["request_id"] = request_id
-    if key_id is not None:
-        where.append("key_id = {key_id:String}")
-        params["key_id"] = key_id
-    if user:
-        where.append("user_id = {user:String}")
-        params["user"] = user
-    return " AND ".join(where), params
+    filters, filter_params = optional((
+        ("request_id = {request_id:String}", "request_id", request_id),
+        ("key_id = {key_id:String}", "key_id", key_id),  # never empty: an unknown key is "-"
+        ("user_id = {user:String}", "user", user),
+    ))
+    return where + filters, {**params, **filter_params}
 
 
 async def logs(store: Store, org_id: str, r: Range | None, *, request_id: str | None, key_id: str | None,

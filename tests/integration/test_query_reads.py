@@ -53,6 +53,68 @@ async def test_export_walks_every_row_once_across_batches(store: ChdbStore) -> N
     assert sorted(seen) == sorted(e.event_id for e in events) and len(seen) == len(set(seen))
 
 
+async def test_the_export_comes_oldest_first_and_keeps_to_each_filter_given(store: ChdbStore) -> None:
+    """Filters are written into the statement only when given (``filters.optional``): each one
+    alone, and all at once, selects exactly the calls it names; none selects every call, in the
+    table's order (time, then the id as a UUID), whatever the batch size."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 12)
+    for i, e in enumerate(events):
+        e.started_at = BASE + timedelta(seconds=i // 3)  # three calls a second: ties across batches
+        e.customer_id, e.feature, e.team_id = f"c{i % 2}", ("chat", "search", "")[i % 3], f"t{i % 4}"
+        if i % 4 == 1:  # answered by another model than the one asked for
+            e.model, e.model_requested = "gpt-4o-mini-2024-07-18", "gpt-4o-mini"
+    events[11].sandbox = True
+    await store_calls(store, events)
+    window = Range(BASE, BASE + timedelta(days=1))
+
+    async def exported(batch: int = 5000, **filters: str) -> list[str]:
+        given = {"model": "", "customer": "", "feature": "", "team": "", **filters}
+        return [r["request_id"] async for rows in analytics.export_rows(store, org, window, batch=batch, **given) for r in rows]
+
+    table_order = [r["request_id"] for r in await store.select(
+        "SELECT request_id FROM usage_events WHERE org_id = {o:String} AND NOT sandbox ORDER BY started_at, event_id",
+        {"o": org})]
+    assert len(table_order) == 11
+    for batch in (1, 2, 3, 5, 11, 12):
+        assert await exported(batch) == table_order, batch
+    metered = events[:11]
+    for name, value, selects in (
+        ("customer", "c1", lambda e: e.customer_id == "c1"),
+        ("feature", "search", lambda e: e.feature == "search"),
+        ("team", "t2", lambda e: e.team_id == "t2"),
+        ("model", "gpt-4o-mini", lambda e: e.model_requested == "gpt-4o-mini"),  # the model asked for
+        ("model", "gpt-4o-mini-2024-07-18", lambda e: e.model == "gpt-4o-mini-2024-07-18"),  # or the one that answered
+    ):
+        expected = [r for r in table_order if selects(next(e for e in metered if e.request_id == r))]
+        assert expected and await exported(2, **{name: value}) == expected, (name, value)
+    everything = await exported(2, model="gpt-4o-mini", customer="c1", feature="chat", team="t1")
+    assert everything == [e.request_id for e in metered if e.model_requested == "gpt-4o-mini" and e.customer_id == "c1"
+                          and e.feature == "chat" and e.team_id == "t1"] != []
+
+
+async def test_usage_records_keep_to_each_filter_given(store: ChdbStore) -> None:
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 8)
+    for i, e in enumerate(events):
+        e.route, e.customer_id, e.tags = "usage/record", f"acct-{i % 2}", (f"context:{('batch', 'chat')[i % 2 == 0 and i > 3]}",)
+        e.model = e.model_requested = ("gpt-4o", "gpt-4o-mini")[i % 3 == 0]
+    events[7].route = "chat/completions"  # proxied: not a usage record
+    await store_calls(store, events)
+
+    async def ids(account: str | None = None, model: str | None = None, context: str | None = None) -> set[str]:
+        rows = await records.records(store, org, account_id=account, model_id=model, context=context, limit=100)
+        return {r["transactionId"] for r in rows}
+
+    recorded = events[:7]
+    assert await ids() == await ids("", "", "") == {e.request_id for e in recorded}
+    assert await ids("acct-1") == {e.request_id for e in recorded if e.customer_id == "acct-1"}
+    assert await ids(model="gpt-4o-mini") == {e.request_id for e in recorded if e.model == "gpt-4o-mini"}
+    assert await ids(context="chat") == {e.request_id for e in recorded if e.tags == ("context:chat",)} != set()
+    assert await ids("acct-0", "gpt-4o", "chat") == {e.request_id for e in recorded if e.customer_id == "acct-0"
+                                                     and e.model == "gpt-4o" and e.tags == ("context:chat",)} != set()
+
+
 def test_locate_finds_the_day_and_the_items_to_skip() -> None:
     counts = {date(2026, 1, 1): 5, date(2026, 1, 2): 0, date(2026, 1, 3): 7}
     assert locate(counts, 0, "asc") == (date(2026, 1, 1), 0)
@@ -123,7 +185,7 @@ async def test_billing_pages_cover_every_item_once_both_ways_through_calls_made_
 
 async def test_pages_of_calls_are_read_in_primary_key_order(store: ChdbStore) -> None:
     """Every page of calls (spend logs, a customer's calls, usage records, billing line items both
-    ways) is read in the table's order and stops when the page is full: in the plan, the whole
+    ways, the export's batches) is read in the table's order and stops when the page is full: in the plan, the whole
     ORDER BY is the prefix read in order and nothing is sorted after it. A tie broken by the
     string id, or in the other direction, sorts every call in the range first."""
     plans: list[tuple[str, str]] = []
@@ -146,9 +208,11 @@ async def test_pages_of_calls_are_read_in_primary_key_order(store: ChdbStore) ->
         await records.records(store, org, account_id=None, model_id=None, context=None, limit=10)
         for order in ("asc", "desc"):
             await billing.page(store, billing.Page(org, day, 1, 10, order))  # type: ignore[arg-type]
+        async for _ in analytics.export_rows(store, org, day, model="", customer="", feature="", team="", batch=4):
+            pass  # two batches: the first, and one past the first's last call
     finally:
         store.select = select  # type: ignore[method-assign]
-    assert len(plans) == 5
+    assert len(plans) == 7
     for prefix, result in plans:  # billing then orders a call's few line items after the prefix
         assert prefix in ("started_at ASC, event_id ASC", "started_at DESC, event_id DESC"), (prefix, result)
         assert result.startswith(prefix)
