@@ -20,6 +20,7 @@ import structlog
 import uvicorn
 
 from services.common.broker import EmbeddedBroker
+from services.common.coalescing import CoalescingHttpToolsProtocol
 from services.common.kafka import ensure_topics
 from services.common.settings import Settings
 from services.gateway.app import create_app as create_gateway_app
@@ -60,7 +61,8 @@ def _shared_socket(host: str, port: int) -> socket.socket:
 class HttpServer:
     def __init__(self, app: Any, host: str, port: int, name: str, reuse_port: bool = False) -> None:
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", http="httptools",
+            # httptools' parser, with a response's writes leaving as one (see coalescing.py)
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off", http=CoalescingHttpToolsProtocol,
             timeout_graceful_shutdown=30, server_header=False,
             # Nothing reads the client's address: no X-Forwarded-For rewriting on every call.
             proxy_headers=False,
