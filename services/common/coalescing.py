@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 class CoalescingTransport:
     """A transport whose writes wait for the end of the current event loop step, then leave
-    as one. Everything but ``write`` and ``close`` is the wrapped transport's."""
+    as one. Everything else is the wrapped transport's."""
 
     __slots__ = ("_transport", "_loop", "_pending", "_scheduled")
 
@@ -56,6 +56,9 @@ class CoalescingTransport:
         """What was written goes out before the connection is closed."""
         self.flush()
         self._transport.close()
+
+    def is_closing(self) -> bool:  # asked after every response: not through __getattr__
+        return self._transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
