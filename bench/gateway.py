@@ -59,6 +59,9 @@ sys.path.insert(0, str(ROOT))
 
 from services.common.broker import EmbeddedBroker, free_port, wait_for_port  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from percentiles import percentile  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
 ADMIN_KEY = "mtl_bench_admin_key_0123456789abcdef"
@@ -474,11 +477,6 @@ class RawClient:
                 return out
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def measure_ttfc(peers: dict[str, tuple[int, str, dict[str, str], dict[str, Any]]], n: int, warmup: int) -> dict[str, Any]:
     """Sequential streamed requests, peers interleaved, one keep-alive connection each."""
     clients = {name: RawClient(port) for name, (port, *_rest) in peers.items()}
@@ -510,7 +508,7 @@ def measure_ttfc(peers: dict[str, tuple[int, str, dict[str, str], dict[str, Any]
     for name, s in samples.items():
         row: dict[str, Any] = {"requests": n, "ok": len(s["ttfc"]), "non_2xx": bad[name], "incomplete_streams": incomplete[name]}
         if s["ttfc"]:
-            row.update(ttfc_p50_ms=round(statistics.median(s["ttfc"]), 3), ttfc_p99_ms=round(_percentile(s["ttfc"], 0.99), 3),
+            row.update(ttfc_p50_ms=round(statistics.median(s["ttfc"]), 3), ttfc_p99_ms=round(percentile(s["ttfc"], 0.99), 3),
                        total_p50_ms=round(statistics.median(s["total"]), 3))
         out[name] = row
     return out

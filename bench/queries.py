@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import math
 import os
 import random
 import shutil
@@ -49,7 +48,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
+from percentiles import percentile  # noqa: E402
 
 DAYS, FEATURES, USERS_PER_CUSTOMER = 90, 20, 5
 # The organisation's dimensions. --quick makes a fifth of them: through the control plane's own
@@ -403,11 +404,6 @@ def endpoints(info: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
     return out
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
 def measure(sizes: dict[str, tuple[str, dict[str, Any]]], requests: int, budget_s: float) -> dict[str, dict[str, Any]]:
     """Sequential requests in rounds against every size's ``meterline query`` at once (``sizes``:
     URL and load info by size). A round asks each endpoint of every size, the sizes' requests
@@ -443,7 +439,7 @@ def measure(sizes: dict[str, tuple[str, dict[str, Any]]], requests: int, budget_
     finally:
         for client in clients.values():
             client.close()
-    return {size: {name: {"p50_ms": round(_pct(ts, 0.5), 1), "p95_ms": round(_pct(ts, 0.95), 1), "requests": len(ts),
+    return {size: {name: {"p50_ms": round(percentile(ts, 0.5), 1), "p95_ms": round(percentile(ts, 0.95), 1), "requests": len(ts),
                           "response_bytes": nbytes[size][name]} for name, ts in by_name.items()}
             for size, by_name in times.items()}
 
