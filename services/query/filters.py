@@ -3,7 +3,7 @@
 A filter the caller did not ask for is left out of the statement, rather than written as a
 condition the engine folds away (``({model:String} = '' OR model = {model:String})``): the
 engine still analyses such a condition on every statement, which cost a rollup read about 2 ms
-(7-19% at 1M calls, the same rows read; see ``Window.where``).
+(7-19% at 1M calls, the same rows read).
 """
 
 from __future__ import annotations
