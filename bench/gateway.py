@@ -55,11 +55,11 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# the repository, for services and schemas; bench/ itself, for its sibling modules (run alone or by run.py)
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from services.common.broker import EmbeddedBroker, free_port, wait_for_port  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from percentiles import percentile  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# the repository, for services and schemas; bench/ itself, for its sibling modules (run alone or by run.py)
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 from percentiles import percentile  # noqa: E402
 
