@@ -38,7 +38,7 @@ class CoalescingTransport:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
-    def writelines(self, lines: Any) -> None:
+    def writelines(self, lines: Any) -> None:  # through write: never ahead of what is pending
         for data in lines:
             self.write(data)
 
@@ -56,6 +56,11 @@ class CoalescingTransport:
         """What was written goes out before the connection is closed."""
         self.flush()
         self._transport.close()
+
+    def write_eof(self) -> None:
+        """What was written goes out before the end of the stream."""
+        self.flush()
+        self._transport.write_eof()
 
     def is_closing(self) -> bool:  # asked after every response: not through __getattr__
         return self._transport.is_closing()

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from services.common.broker import free_port
-from services.common.coalescing import CoalescingHttpToolsProtocol
+from services.common.coalescing import CoalescingHttpToolsProtocol, CoalescingTransport
 
 WRITES: list[bytes] = []  # what reached the socket's transport, write by write
 
@@ -107,3 +107,26 @@ async def test_a_closed_connection_delivers_the_whole_response_first(port: int) 
     with contextlib.suppress(ConnectionError):
         writer.close()
         await writer.wait_closed()
+
+
+async def test_what_was_written_goes_out_before_the_end_of_the_stream_and_in_order() -> None:
+    """``close`` and ``write_eof`` flush first; ``writelines`` queues behind earlier writes."""
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await received.put(await reader.read())  # everything up to the end of the stream
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    for end in ("write_eof", "close"):
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        coalescing = CoalescingTransport(transport, loop)  # type: ignore[arg-type]
+        coalescing.write(b"head;")
+        coalescing.writelines([b"one;", b"two;"])
+        getattr(coalescing, end)()
+        assert await asyncio.wait_for(received.get(), 5) == b"head;one;two;", end
+        transport.close()
+    server.close()
+    await server.wait_closed()
