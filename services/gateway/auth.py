@@ -7,9 +7,10 @@ working (for up to ``stale_for_s``) so a control-plane blip does not take the pr
 
 An answer in the second half of its TTL is refreshed in the background while calls go on using
 it, so a key in steady use never makes calls wait for its lookup. They used to, every TTL: all
-calls of that key in flight then waited for the query service, whose answer can queue behind a
-pricer insert on the embedded store's one statement thread (tens of milliseconds, a gateway p99
-of its own at every concurrency). No answer is used past its TTL, so the revocation bound holds.
+calls of that key in flight then waited for the query service, whose answer could then queue
+behind a pricer insert on the embedded store (tens of milliseconds, a gateway p99 of its own at
+every concurrency; the store now runs reads beside inserts, on connections of their own). No
+answer is used past its TTL, so the revocation bound holds.
 """
 
 from __future__ import annotations

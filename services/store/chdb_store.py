@@ -1,8 +1,12 @@
 """Embedded ClickHouse (chDB): the engine runs in this process over one data directory.
 
-chDB allows one data directory per process and one statement at a time per connection, so
-every statement runs on a single dedicated thread. That keeps the event loop free and gives a
-strict order of statements, which the pricer's insert-then-commit rule relies on.
+chDB allows one data directory per process, any number of connections to it, and one statement
+at a time per connection; statements on different connections run in parallel (chDB 4.4). So
+each statement thread holds a connection of its own, and statements run on a small pool of these
+threads, as the server driver's run on a pool of HTTP requests: the event loop stays free, and a
+dashboard's read never waits for the pricer's insert in progress (a 20k-event insert keeps its
+connection for about half a second). Whoever needs statements in order awaits each before the
+next, as the pricer does (insert, then commit), on either driver.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -54,7 +59,7 @@ class StatementFile:
     rows. chDB's streaming inserter (``send_insert``, 4.4) is as cheap but reports success when the
     table or a materialized view refuses the rows, so a failed insert would be committed.
 
-    Used from the store's one statement thread only, one statement at a time."""
+    Each statement thread has its own (``_Lane``), used for one statement at a time."""
 
     def __init__(self) -> None:
         if hasattr(os, "memfd_create"):  # Linux: the rows never touch a disk
@@ -91,17 +96,52 @@ def without_low_cardinality(column_type: str) -> str:
     return column_type
 
 
+class _Lane:
+    """What one statement thread holds: its connection, and the file its statements' data
+    waits in. Only that thread uses it."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.body = StatementFile()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.body.close()
+
+
+# Statements the embedded store runs at once. A few: the pricer keeps one busy while it writes,
+# and the query service's reads (the gateway's key lookups among them) take the others. More
+# would only share the same cores (each statement already uses every core ClickHouse sees).
+CONNECTIONS = 4
+
+
 class ChdbStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, connections: int = CONNECTIONS) -> None:
         import chdb  # imported here: a server deployment never loads the embedded engine
 
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
         path.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
-        self._conn = self._executor.submit(chdb.connect, str(path)).result()
-        self._body = StatementFile()
+        self._connect = chdb.connect
+        self._local = threading.local()
+        self._lanes: list[_Lane] = []
+        self._lanes_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="chdb")
+        self._path = path
+        self._executor.submit(self._lane).result()  # the first connection now: a bad path fails here
         self._read_settings = settings_clause(READ_SETTINGS)
         self._json_array_settings = settings_clause(JSON_ARRAY_SETTINGS)
-        self._path = path
+
+    def _lane(self) -> _Lane:
+        """This statement thread's lane, connected on its first statement (the pool starts a
+        thread only when every other one is busy)."""
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        if lane is None:
+            with self._lanes_lock:
+                lane = _Lane(self._connect(str(self._path)))
+                self._lanes.append(lane)
+            self._local.lane = lane
+        return lane
 
     @property
     def path(self) -> Path:
@@ -117,7 +157,7 @@ class ChdbStore:
             raise StoreError(str(exc).strip()) from exc
 
     def _json_sync(self, sql: str, settings: str, params: dict[str, str]) -> bytes:
-        return self._conn.query(f"{sql}\nSETTINGS {settings}", "JSONEachRow", params=params).bytes()
+        return self._lane().conn.query(f"{sql}\nSETTINGS {settings}", "JSONEachRow", params=params).bytes()
 
     def _select_sync(self, sql: str, params: dict[str, str]) -> list[dict[str, Any]]:
         data = self._json_sync(sql, self._read_settings, params)
@@ -130,21 +170,21 @@ class ChdbStore:
         return await self._run(self._json_sync, sql, self._json_array_settings, bind_params_as_text(params))
 
     def _select_with_ids_sync(self, sql: str, params: dict[str, str], ids: bytes) -> list[dict[str, Any]]:
-        with self._body.holding(ids) as path:
+        with self._lane().body.holding(ids) as path:
             return self._select_sync(sql.replace(ID_TABLE, f"file('{path}', 'TSV', 'id UUID')"), params)
 
     async def select_with_ids(self, sql: str, params: Mapping[str, Any] | None, ids: Sequence[str]) -> list[dict[str, Any]]:
         return await self._run(self._select_with_ids_sync, sql, bind_params_as_text(params), id_table_data(ids))
 
     async def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
-        await self._run(lambda: self._conn.query(sql, "CSV", params=bind_params_as_text(params)))
+        await self._run(lambda: self._lane().conn.query(sql, "CSV", params=bind_params_as_text(params)))
 
     def _read_structure(self, table: str, columns: tuple[str, ...]) -> str:
         """The structure positional rows of ``columns`` are read with: each column's type in the
         table now, LowCardinality taken off. Described for every insert (a millisecond, for
         thousands of rows), so an insert after a migration never reads a value as the type its
         column had before."""
-        described = self._conn.query(f"DESCRIBE TABLE {table}", "JSONCompactEachRow").bytes()
+        described = self._lane().conn.query(f"DESCRIBE TABLE {table}", "JSONCompactEachRow").bytes()
         types = {name: kind for name, kind, *_ in json_rows(described)}
         missing = [c for c in columns if c not in types]
         if missing:
@@ -156,9 +196,10 @@ class ChdbStore:
         if dedup_token is not None:
             settings["insert_deduplication_token"] = dedup_token
         clause = settings_clause(settings)
+        lane = self._lane()
         if payload.columns is None:  # rows by name: the table's own defaults fill what a row leaves out
-            with self._body.holding(payload.data) as path:
-                self._conn.query(
+            with lane.body.holding(payload.data) as path:
+                lane.conn.query(
                     f"INSERT INTO {table} FROM INFILE '{path}' COMPRESSION 'none' SETTINGS {clause} FORMAT {payload.format}"
                 )
             return
@@ -170,8 +211,8 @@ class ChdbStore:
         # CPU per row, views included, and takes 18.4 (tests pin the rows and the deduplication:
         # a token first used by an ``INSERT ... FROM INFILE`` makes this one a no-op too).
         structure = self._read_structure(table, payload.columns)
-        with self._body.holding(payload.data) as path:
-            self._conn.query(
+        with lane.body.holding(payload.data) as path:
+            lane.conn.query(
                 f"INSERT INTO {table}{payload.column_list} SELECT * FROM file({sql_literal(path)}, {sql_literal(payload.format)},"
                 f" {sql_literal(structure)}) SETTINGS {clause}"
             )
@@ -188,8 +229,8 @@ class ChdbStore:
 
     async def close(self) -> None:
         def _close() -> None:
-            self._conn.close()
+            self._executor.shutdown(wait=True)  # statements in progress finish first
+            for lane in self._lanes:  # the engine stops with the last connection to it
+                lane.close()
 
-        await self._run(_close)
-        self._executor.shutdown(wait=True)
-        self._body.close()
+        await asyncio.to_thread(_close)
