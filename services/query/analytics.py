@@ -4,6 +4,7 @@ time, its primary key)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
@@ -80,27 +81,74 @@ async def customer_calls(store: Store, org_id: str, first: date, last: date, cus
     ``per_day``, when the caller has read them already): they give the total, and the days the
     page lies in, so the raw table is read over those days only, never over the whole window."""
     if per_day is None:
-        rows = await store.select(
-            "SELECT day, sum(request_count) AS n FROM spend_daily_by_customer WHERE org_id = {org:String}"
-            " AND customer_id = {customer:String} AND day BETWEEN {first:Date} AND {last:Date} AND NOT sandbox"
-            " GROUP BY day", {"org": org_id, "customer": customer_id, "first": first, "last": last})
-        per_day = {date.fromisoformat(r["day"]): int(r["n"]) for r in rows}
+        per_day = await _calls_per_day(store, org_id, first, last, customer_id)
+    total, span = _page_days(per_day, (page - 1) * limit, limit)
+    if span is None:
+        return [], total
+    oldest, newest, skip = span
+    return await _calls_between(store, org_id, oldest or first, newest, customer_id, limit, skip), total
+
+
+async def customer_with_calls(store: Store, w: Window, customer_id: str, limit: int,
+                              page: int) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """A customer's detail (``customer``) and a page of its calls (``customer_calls``).
+
+    The page's days come from the detail's daily counts, so the calls would be read after the
+    detail. Instead both are read at once (the store runs statements side by side), the calls as
+    if the page lay within the window's last day, as the first pages of an active customer do.
+    Once the counts are known that guess is kept if it holds, or the page is read again over the
+    days it does lie in. At 10M calls over 90 days (HTTP, p50): the busiest customer's first page
+    44 -> 35 ms; a customer with a few calls a day, whose guess is wrong, 111 -> 132 ms, the
+    guess's one day of reading added to a page that spans several."""
+    if w.provider or w.include_sandbox:  # the detail's daily counts are then not the page's
+        detail = await customer(store, w, customer_id)
+        rows, total = await customer_calls(store, w.org_id, w.start, w.end, customer_id, limit, page)
+        return detail, rows, total
+    offset = (page - 1) * limit
+    detail, guess = await asyncio.gather(
+        customer(store, w, customer_id), _calls_between(store, w.org_id, w.end, w.end, customer_id, limit, offset))
+    per_day = {date.fromisoformat(d["date"]): d["calls"] for d in detail["daily"]}
+    total, span = _page_days(per_day, offset, limit)
+    if span is None:
+        return detail, [], total
+    if min(offset + limit, total) <= per_day.get(w.end, 0):  # every call of the page is on the last day
+        return detail, guess, total
+    oldest, newest, skip = span
+    return detail, await _calls_between(store, w.org_id, oldest or w.start, newest, customer_id, limit, skip), total
+
+
+async def _calls_per_day(store: Store, org_id: str, first: date, last: date, customer_id: str) -> dict[date, int]:
+    rows = await store.select(
+        "SELECT day, sum(request_count) AS n FROM spend_daily_by_customer WHERE org_id = {org:String}"
+        " AND customer_id = {customer:String} AND day BETWEEN {first:Date} AND {last:Date} AND NOT sandbox"
+        " GROUP BY day", {"org": org_id, "customer": customer_id, "first": first, "last": last})
+    return {date.fromisoformat(r["day"]): int(r["n"]) for r in rows}
+
+
+def _page_days(per_day: dict[date, int], offset: int, limit: int) -> tuple[int, tuple[date | None, date, int] | None]:
+    """The number of calls, and where the page of ``limit`` calls from ``offset`` (newest first)
+    lies: the day of its oldest call (None: the page runs past the oldest call), the day of its
+    newest, and how many of that day's calls come before it. None when the page is past the end.
+    Pure."""
     counts = {d: n for d, n in per_day.items() if n}
     total = sum(counts.values())
-    offset = (page - 1) * limit
     newest = locate(counts, offset, "desc")
     if newest is None:
-        return [], total
-    day, skip = newest
+        return total, None
     oldest = locate(counts, offset + limit - 1, "desc")
-    rows = await store.select(
+    return total, (oldest[0] if oldest else None, newest[0], newest[1])
+
+
+async def _calls_between(store: Store, org_id: str, oldest: date, newest: date, customer_id: str, limit: int,
+                         skip: int) -> list[dict[str, Any]]:
+    """The customer's calls of days ``oldest`` to ``newest``, newest first, from the ``skip``-th."""
+    return await store.select(
         f"SELECT {LOG_COLUMNS} FROM usage_events WHERE org_id = {{org:String}}"
         " AND started_at >= {lo:DateTime64(3, 'UTC')} AND started_at < {hi:DateTime64(3, 'UTC')}"
         f" AND customer_id = {{customer:String}} AND NOT sandbox ORDER BY {NEWEST_FIRST}"
         " LIMIT {limit:UInt32} OFFSET {skip:UInt64}",
-        {"org": org_id, "customer": customer_id, "lo": _midnight(oldest[0] if oldest else first),
-         "hi": _midnight(day) + timedelta(days=1), "limit": limit, "skip": skip})
-    return rows, total
+        {"org": org_id, "customer": customer_id, "lo": _midnight(oldest), "hi": _midnight(newest) + timedelta(days=1),
+         "limit": limit, "skip": skip})
 
 
 async def features(store: Store, w: Window) -> list[dict[str, Any]]:

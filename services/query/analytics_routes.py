@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -42,13 +41,7 @@ async def customer_detail(request: Request, principal: Principal, span: Window, 
     """A customer's total cost and calls, most used models, daily trend and its calls (paginated)."""
     positive_int(limit, "limit", 1, 500)
     positive_int(page, "page", 1, 10_000_000)
-    store = store_of(request)
-    detail = await analytics.customer(store, span, customer_id)
-    # the detail's daily calls are the page's counts per day when they cover every provider and no sandbox
-    per_day = (None if span.provider or span.include_sandbox
-               else {date.fromisoformat(d["date"]): d["calls"] for d in detail["daily"]})
-    rows, total = await analytics.customer_calls(store, principal.org_id, span.start, span.end, customer_id, limit, page,
-                                                 per_day)
+    detail, rows, total = await analytics.customer_with_calls(store_of(request), span, customer_id, limit, page)
     names = await labels_of(request).of_rows(principal.org_id, rows)
     detail["calls_page"] = {"data": [spend.log_object(x, names.masked_keys, names.team_names) for x in rows],
                             "pagination": pagination(page, limit, total)}

@@ -24,6 +24,7 @@ from services.query.labels import LabelCache
 from services.query.params import Range
 from services.store.chdb_store import ChdbStore
 from tests.integration.test_pricer_exactly_once import make_events
+from tests.support import PassThroughStore
 
 BASE = datetime(2026, 3, 14, 9, 0, tzinfo=timezone.utc)
 
@@ -155,6 +156,50 @@ async def test_a_customers_calls_are_paged_through_the_days_they_fall_on(store: 
     rows, total = await analytics.customer_calls(store, org, first + timedelta(days=7), last, "acme", 50, 1)
     assert total == len(rows) and {r["event_id"] for r in rows} <= set(expected) and rows
     assert await analytics.customer_calls(store, org, first, last, "nobody", 10, 1) == ([], 0)
+
+
+class CountedReads(PassThroughStore):
+    """The real store, counting the reads of the raw table (the pages of calls)."""
+
+    def __init__(self, store: ChdbStore) -> None:
+        super().__init__(store)
+        self.raw_reads = 0
+
+    async def select(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        self.raw_reads += "FROM usage_events" in sql
+        return await super().select(sql, params)
+
+
+async def test_a_customers_detail_and_calls_read_at_once_give_every_page_as_read_in_turn(store: ChdbStore) -> None:
+    """The page is read beside the detail as if it lay within the window's last day, and read
+    again over its own days when it does not: every page is the page read in turn, and the
+    first pages, on the last day, take one read of the calls."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 40)
+    for i, e in enumerate(events):  # 0, 1, 3, 6, ... calls a day over nine days: 9 on the last
+        e.started_at = BASE + timedelta(days=min(8, int((2 * i) ** 0.5)), minutes=i % 7)
+        e.customer_id = "other" if i % 5 == 4 else "acme"
+        e.sandbox = i == 7
+    await store_calls(store, events)
+    first, last = BASE.date(), BASE.date() + timedelta(days=8)
+    counted = CountedReads(store)
+    for w in (Window(org, first, last), Window(org, first, last - timedelta(days=1)), Window(org, last, last)):
+        for limit in (1, 3, 7, 50):
+            for page in range(1, 31 // limit + 3):
+                counted.raw_reads = 0
+                detail, rows, total = await analytics.customer_with_calls(counted, w, "acme", limit, page)  # type: ignore[arg-type]
+                assert detail == await analytics.customer(store, w, "acme")
+                assert (rows, total) == await analytics.customer_calls(store, org, w.start, w.end, "acme", limit, page), (w, limit, page)
+                on_last_day = next(d["calls"] for d in detail["daily"] if d["date"] == w.end.isoformat())
+                # the guess, and a second read unless the page lies within the last day (or past the end)
+                assert counted.raw_reads == (1 if min(page * limit, total) <= on_last_day or (page - 1) * limit >= total else 2), \
+                    (w, limit, page)
+    for w in (Window(org, first, last, provider="openai"), Window(org, first, last, include_sandbox=True)):
+        detail, rows, total = await analytics.customer_with_calls(store, w, "acme", 5, 2)
+        assert detail == await analytics.customer(store, w, "acme")
+        assert (rows, total) == await analytics.customer_calls(store, org, w.start, w.end, "acme", 5, 2)
+    assert await analytics.customer_with_calls(store, Window(org, first, last), "nobody", 10, 1) == (
+        await analytics.customer(store, Window(org, first, last), "nobody"), [], 0)
 
 
 async def test_billing_pages_cover_every_item_once_both_ways_through_calls_made_in_the_same_millisecond(
