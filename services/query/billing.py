@@ -151,8 +151,9 @@ def csv_row(e: dict[str, Any]) -> list[Any]:
 async def analytics(store: Store, org_id: str, r: Range) -> dict[str, Any]:
     """The window aggregated by date, by model and by API key, from the daily rollup: per (date,
     model), folded here into dates and models, and per key. Two statements read at once (the
-    store runs them side by side): at 10M calls, 30 days, 33 -> 22 ms in the engine against
-    one statement with both as a UNION ALL, whose planning and merging ran in turn."""
+    store runs them side by side) rather than one UNION ALL of both: at 10M calls over 30 days,
+    33 -> 22 ms in the engine alone, 47.5 -> 44.1 ms p50 over HTTP (the rows' parsing shares
+    the process); over 90 days no change over HTTP."""
     params = {"org": org_id, "first": r.first_day, "last": r.last_day}
     where = "org_id = {org:String} AND day BETWEEN {first:Date} AND {last:Date} AND NOT sandbox"
     sums = "sum(total_cost) AS cost, sum(request_count) AS n, sum(input_tokens) AS i, sum(output_tokens) AS o"
