@@ -356,6 +356,7 @@ class Proxy:
 
     async def _sandbox(self, send: Send, call: Call, body: dict[str, Any], include_usage: bool) -> None:
         stream: AsyncIterator[bytes] | None
+        await sandbox.prepare(body)
         if call.provider == "openai":
             reply, prompt, completion = sandbox.openai_reply(body)
             stream = sandbox.openai_stream(reply, include_usage) if call.streamed else None

@@ -18,12 +18,18 @@ _PIECES = ["This is a simulated", " response from the", " Meterline sandbox."]
 _encode = msgspec.json.encode
 
 
+async def prepare(body: dict[str, Any]) -> None:
+    """Before a reply is built: the model's encoding ready, loaded off the event loop the first
+    time (seconds), so that building the reply never holds the loop."""
+    await tokens.prepare(str(body.get("model", "")))
+
+
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     return tokens.estimate_prompt_tokens(str(body.get("model", "")), body.get("messages"), body.get("system"))
 
 
 def completion_tokens(model: str) -> int:
-    return len(tokens.encoding(model).encode(REPLY))
+    return tokens.count(model, REPLY)
 
 
 def openai_reply(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:

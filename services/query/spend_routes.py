@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.params import Parameter
 
-from services.common.tokens import estimate_prompt_tokens
+from services.common import tokens
 from services.gateway.usage import anthropic_usage, openai_usage
 from services.pricer import state
 from services.pricer.catalog import provider_of
@@ -83,7 +83,8 @@ async def spend_calculate(request: Request, principal: Principal, data: Calculat
     if estimate:
         if not data.model or data.messages is None:
             raise bad("model", "send model and messages, or completion_response")
-        model, usage_in, usage_out, cached, written = data.model, estimate_prompt_tokens(data.model, data.messages, data.system), 0, 0, 0
+        await tokens.prepare(data.model)  # the first estimate loads the tokenizer, off the event loop
+        model, usage_in, usage_out, cached, written = data.model, tokens.estimate_prompt_tokens(data.model, data.messages, data.system), 0, 0, 0
         provider = data.provider or provider_of(model)
     else:
         body = data.completion_response

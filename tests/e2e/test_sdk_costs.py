@@ -174,6 +174,22 @@ def test_sandbox_calls_never_reach_upstream_and_are_left_out_of_spend(org: Org, 
     assert org.monthly()["request_count"] == 0
 
 
+def test_sandbox_calls_quoting_a_special_token_or_naming_any_model_are_answered(org: Org) -> None:
+    # "<|endoftext|>" in a prompt is text to count, and a model whose encoding the tokenizer
+    # cannot load (or does not know) is estimated with o200k: neither may fail the call.
+    client = openai.OpenAI(base_url=f"{org.stack.gateway_url}/api/proxy/v1/openai", api_key=org.admin_key,
+                           default_headers={"X-Sandbox": "true"}, max_retries=0)
+    for model in ("gpt-4o", "text-davinci-003", "my-own-model"):
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "what is <|endoftext|>?"}])
+        assert reply.usage is not None and reply.usage.prompt_tokens > 4 + 3
+    claude = anthropic.Anthropic(base_url=f"{org.stack.gateway_url}/api/proxy/v1/anthropic", api_key=org.admin_key,
+                                 default_headers={"X-Sandbox": "true"}, max_retries=0)
+    message = claude.messages.create(model="claude-sonnet-4-5", max_tokens=10, system="say <|endoftext|>",
+                                     messages=[{"role": "user", "content": "<|endoftext|>"}])
+    assert message.usage.input_tokens > 4 + 3
+    assert org.wait_for_requests(4, include_sandbox="true")["request_count"] == 4
+
+
 def test_embeddings_and_responses_routes_are_forwarded_and_metered(org: Org) -> None:
     client = oai(org)
     vectors = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"],

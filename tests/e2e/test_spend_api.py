@@ -132,5 +132,7 @@ def test_spend_calculate_before_and_after_a_call(org: Org) -> None:
                                     "cache_creation_input_tokens": 200}}
     priced = org.post("/spend/calculate", {"completion_response": anthropic_response})
     assert priced["cost"] == (100 * Decimal(3) + 1_000 * Decimal("0.30") + 200 * Decimal("3.75") + 10 * Decimal(15)) / M
+    quoted = org.post("/spend/calculate", {"model": "gpt-4o", "messages": [{"role": "user", "content": "<|endoftext|>"}]})
+    assert quoted["prompt_tokens"] > 4 + 3  # the special token's text, counted as text
     r = org.stack.query(org.admin_key, "POST", "/spend/calculate", json={"model": "no-such-model", "messages": []})
     assert r.status_code == 400 and "no known price" in r.text
