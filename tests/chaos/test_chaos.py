@@ -38,6 +38,7 @@ from tests.support import spawn_meterline, wait_for_banner, wait_until
 CALLS = int(os.environ.get("METERLINE_CHAOS_CALLS", "240"))
 FREEZE_S = float(os.environ.get("METERLINE_CHAOS_FREEZE_S", "6"))
 OPERATOR_KEY = "mtl_chaos_operator_key_0123456789"
+GATEWAY_RESTART_S = 60.0
 PRICE = {"input": Decimal("2.50"), "cached": Decimal("1.25"), "output": Decimal("10")}  # gpt-4o, per 1M
 
 
@@ -129,16 +130,21 @@ class Load:
         headers = {"authorization": f"Bearer {self.key}", "x-provider-key": "sk-up",
                    "x-fake-usage": json.dumps({"prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": cached})}
         started = time.monotonic()
-        for attempt in range(30):  # a client retries only when it could not reach the gateway at all
+        attempt = 0
+        # A client retries only when it could not reach the gateway at all: while it restarts,
+        # for as long as the test gives a restart (start_gateway waits up to 60 s for its port;
+        # on a busy CI machine a stop and a fresh interpreter's start took more than 6 s).
+        while True:
             try:
                 r = client.post(f"{self.gateway_url}/api/proxy/v1/openai/chat/completions", json=body, headers=headers)
                 break
             except httpx.TransportError:
+                if time.monotonic() - started > GATEWAY_RESTART_S:
+                    with self.lock:
+                        self.failures.append(f"call {i}: gateway unreachable for {GATEWAY_RESTART_S:g} s")
+                    return
+                attempt += 1
                 time.sleep(0.2)
-        else:
-            with self.lock:
-                self.failures.append(f"call {i}: gateway unreachable")
-            return
         elapsed = time.monotonic() - started
         with self.lock:
             if r.status_code != 200:
