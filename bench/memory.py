@@ -14,9 +14,9 @@ from /proc (VmRSS):
 
 Reported: gateway RSS at the start (after warm-up), after N requests (at the end of the wrk run
 that crossed N), the maximum and at the end; growth % from the RSS one minute into the measured
-run (quick: 5 s) to the end; the same for the pipeline process; requests served and non-2xx.
+run (quick: 3 s) to the end; the same for the pipeline process; requests served and non-2xx.
 
-    python bench/memory.py --quick     # >= 5,000 requests and >= 20 s
+    python bench/memory.py --quick     # >= 5,000 requests and >= 10 s
     python bench/memory.py             # >= 1,000,000 requests and >= 10 minutes
 
 Standalone, it prints the table and writes bench/results/memory.json; bench/run.py imports
@@ -43,7 +43,7 @@ import gateway as gw  # noqa: E402  (bench/gateway.py: nginx, meterline, wrk hel
 ROOT = gw.ROOT
 CONNECTIONS = 8
 # quick -> (requests, minimum seconds, growth baseline at s, sample every s, wrk run s, warm-up s)
-PLAN = {True: (5_000, 20, 5, 1, 5, 2), False: (1_000_000, 600, 60, 5, 30, 10)}
+PLAN = {True: (5_000, 10, 3, 1, 5, 2), False: (1_000_000, 600, 60, 5, 30, 10)}
 
 
 def rss_mb(pid: int) -> float | None:
@@ -179,7 +179,7 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=">= 5,000 requests and >= 20 s")
+    parser.add_argument("--quick", action="store_true", help=">= 5,000 requests and >= 10 s")
     args = parser.parse_args()
     report = run(args.quick)
     results = ROOT / "bench" / "results"
