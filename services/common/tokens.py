@@ -21,7 +21,7 @@ from typing import Any
 FALLBACK = "o200k_base"
 # Model names the library maps to encodings it cannot load (gpt2, r50k, p50k need tiktoken_ext)
 # or does not know (every non-OpenAI model) fall back to o200k: an estimate either way.
-_FAILURES = (KeyError, ValueError, LookupError, RuntimeError, OSError)
+_FAILURES = (LookupError, ValueError, RuntimeError, OSError)  # LookupError: KeyError too
 
 _bpe: Any = None
 _encodings: dict[str, Any] = {}
@@ -79,11 +79,12 @@ async def prepare(model: str) -> None:
         await asyncio.to_thread(encoding, model)
 
 
-def count(model: str, text: str) -> int:
-    """Tokens of ``text``. Special-token text (``<|endoftext|>``) in a prompt is counted as the
-    plain text it is: providers do not read it as a control token in user content, and the
-    library's ``encode`` would refuse it."""
-    return len(encoding(model).encode_ordinary(text))
+def count(model: str, *texts: str) -> int:
+    """Tokens of ``texts``, with the model's encoding looked up once. Special-token text
+    (``<|endoftext|>``) in a prompt is counted as the plain text it is: providers do not read it
+    as a control token in user content, and the library's ``encode`` would refuse it."""
+    enc = encoding(model)
+    return sum(len(enc.encode_ordinary(text)) for text in texts)
 
 
 def _texts(value: Any) -> list[str]:
@@ -101,4 +102,4 @@ def estimate_prompt_tokens(model: str, messages: Any, system: Any = None) -> int
     prime the reply), as OpenAI's cookbook counts them."""
     items = messages if isinstance(messages, list) else []
     texts = _texts(items) + _texts(system)
-    return sum(count(model, t) for t in texts) + 4 * len(items) + 3
+    return count(model, *texts) + 4 * len(items) + 3
