@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
@@ -18,12 +17,11 @@ from services.store.chdb_store import ChdbStore
 from tests.integration.test_store_inserts import a_row, rows_files_sizes
 
 
-@contextmanager
-def gate(tmp_path: Path) -> Iterator[Path]:
+def gate(tmp_path: Path) -> Path:
     """A named pipe: a statement reading it waits until the test writes to it and closes it."""
     path = tmp_path / f"gate-{uuid.uuid4().hex[:8]}"
     os.mkfifo(path)
-    yield path
+    return path
 
 
 @pytest.fixture
@@ -37,38 +35,37 @@ async def two_connections(store: ChdbStore) -> AsyncIterator[ChdbStore]:
 
 async def test_a_read_is_answered_while_another_statement_holds_its_connection(
         two_connections: ChdbStore, tmp_path: Path) -> None:
-    with gate(tmp_path) as path:
-        held = asyncio.create_task(two_connections.select(
-            f"SELECT count() AS n FROM file('{path}', 'TSV', 'line String')"))
-        # opening the pipe to write returns once the held statement has opened it to read
-        writer: IO[str] = await asyncio.wait_for(asyncio.to_thread(open, path, "w"), timeout=60)
-        try:
-            answered = await asyncio.wait_for(two_connections.select("SELECT 42 AS n"), timeout=60)
-            assert answered == [{"n": 42}]
-            assert not held.done()  # still reading the pipe: the read above did not wait for it
-            assert len(two_connections._lanes) == 2  # noqa: SLF001 - it took the second connection
-            writer.write("a\nb\nc\n")
-        finally:
-            writer.close()
-        assert await asyncio.wait_for(held, timeout=60) == [{"n": 3}]
+    path = gate(tmp_path)
+    held = asyncio.create_task(two_connections.select(f"SELECT count() AS n FROM file('{path}', 'TSV', 'line String')"))
+    # opening the pipe to write returns once the held statement has opened it to read
+    writer: IO[str] = await asyncio.wait_for(asyncio.to_thread(open, path, "w"), timeout=60)
+    try:
+        answered = await asyncio.wait_for(two_connections.select("SELECT 42 AS n"), timeout=60)
+        assert answered == [{"n": 42}]
+        assert not held.done()  # still reading the pipe: the read above did not wait for it
+        assert len(two_connections._lanes) == 2  # noqa: SLF001 - it took the second connection
+        writer.write("a\nb\nc\n")
+    finally:
+        writer.close()
+    assert await asyncio.wait_for(held, timeout=60) == [{"n": 3}]
 
 
 async def test_one_connection_runs_one_statement_at_a_time(store: ChdbStore, tmp_path: Path) -> None:
     """The counterpart: on a single connection the read waits for the held statement."""
     single = ChdbStore(store.path, connections=1)
     try:
-        with gate(tmp_path) as path:
-            held = asyncio.create_task(single.select(f"SELECT count() AS n FROM file('{path}', 'TSV', 'line String')"))
-            writer: IO[str] = await asyncio.wait_for(asyncio.to_thread(open, path, "w"), timeout=60)
-            try:
-                waiting = asyncio.create_task(single.select("SELECT 42 AS n"))
-                done, _ = await asyncio.wait({waiting}, timeout=0.5)
-                assert not done  # queued behind the held statement
-                writer.write("a\n")
-            finally:
-                writer.close()
-            assert await asyncio.wait_for(held, timeout=60) == [{"n": 1}]
-            assert await asyncio.wait_for(waiting, timeout=60) == [{"n": 42}]
+        path = gate(tmp_path)
+        held = asyncio.create_task(single.select(f"SELECT count() AS n FROM file('{path}', 'TSV', 'line String')"))
+        writer: IO[str] = await asyncio.wait_for(asyncio.to_thread(open, path, "w"), timeout=60)
+        try:
+            waiting = asyncio.create_task(single.select("SELECT 42 AS n"))
+            done, _ = await asyncio.wait({waiting}, timeout=0.5)
+            assert not done  # queued behind the held statement
+            writer.write("a\n")
+        finally:
+            writer.close()
+        assert await asyncio.wait_for(held, timeout=60) == [{"n": 1}]
+        assert await asyncio.wait_for(waiting, timeout=60) == [{"n": 42}]
     finally:
         await single.close()
 

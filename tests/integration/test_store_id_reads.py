@@ -15,8 +15,6 @@ from tests.integration.test_store_inserts import a_row, rows_files_sizes
 STORED = f"SELECT toString(event_id) AS id FROM usage_events WHERE org_id = {{o:String}} AND event_id IN (SELECT id FROM {ID_TABLE})"
 
 
-
-
 async def test_a_read_by_ids_finds_exactly_the_stored_ones(store: ChdbStore) -> None:
     org = f"org-{uuid.uuid4().hex[:8]}"
     stored = [a_row(org, event_id=str(uuid.uuid4())) for _ in range(3)]
