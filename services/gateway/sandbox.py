@@ -18,14 +18,18 @@ _PIECES = ["This is a simulated", " response from the", " Meterline sandbox."]
 _encode = msgspec.json.encode
 
 
+def model_of(body: dict[str, Any]) -> str:
+    return str(body.get("model", ""))
+
+
 async def prepare(body: dict[str, Any]) -> None:
     """Before a reply is built: the model's encoding ready, loaded off the event loop the first
     time (seconds), so that building the reply never holds the loop."""
-    await tokens.prepare(str(body.get("model", "")))
+    await tokens.prepare(model_of(body))
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    return tokens.estimate_prompt_tokens(str(body.get("model", "")), body.get("messages"), body.get("system"))
+    return tokens.estimate_prompt_tokens(model_of(body), body.get("messages"), body.get("system"))
 
 
 def completion_tokens(model: str) -> int:
@@ -33,7 +37,7 @@ def completion_tokens(model: str) -> int:
 
 
 def openai_reply(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
-    model = str(body.get("model", ""))
+    model = model_of(body)
     prompt, completion = estimate_prompt_tokens(body), completion_tokens(model)
     return (
         {
@@ -58,7 +62,7 @@ def openai_reply(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
 
 
 def anthropic_reply(body: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
-    model = str(body.get("model", ""))
+    model = model_of(body)
     prompt, completion = estimate_prompt_tokens(body), completion_tokens(model)
     return (
         {
