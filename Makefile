@@ -23,8 +23,8 @@ up: $(STAMP)
 
 # One worker per core, up to 4, each with its own broker, chDB and stack: most of the suite's
 # time is waiting (processes starting, consumer groups joining, timeouts running out), so two
-# workers on two cores finish in about 70-80% of the time of one. --dist worksteal: a worker
-# that runs out takes tests from the other, since one test (the benchmark harness, 2-3 min)
-# outlasts whole files.
+# workers on two cores took 60-88% of the time of one (324-467 s against 531-541 s).
+# --dist worksteal: a worker that runs out takes tests from the other, since one test (the
+# benchmark harness, 2-3 min) outlasts whole files.
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
