@@ -22,6 +22,7 @@ from services.query.aggregations import Window
 from services.query.billing import locate
 from services.query.labels import LabelCache
 from services.query.params import Range
+from services.query.responses import encode_json
 from services.store.chdb_store import ChdbStore
 from tests.integration.test_pricer_exactly_once import make_events
 from tests.support import PassThroughStore
@@ -367,6 +368,42 @@ async def test_the_spend_log_summary_reads_projections_and_agrees_with_the_calls
     assert decoded(await spend.logs_by_date(store, org, whole, key_id=None, user="user-3")) == \
         expected(lambda e: e.user == "user-3")
     assert decoded(await spend.logs_by_date(store, org, whole, key_id="-", user=None)) == []
+
+
+async def test_features_are_the_calls_folded_per_feature_and_day(store: ChdbStore) -> None:
+    """The store folds each feature's days (``analytics.features``): every feature's cost, calls
+    and days must be those of its calls, the days in order, the average per call rounded half-even
+    to 12 decimals, the costliest feature first; calls without a feature, on other days or in the
+    sandbox are left out."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 40)
+    for i, e in enumerate(events):
+        e.started_at = BASE + timedelta(days=i % 5, minutes=i)
+        e.feature = ("chat", "search", "summarize", "")[i % 4]
+        e.output_tokens = 10 + i * (3 if e.feature == "search" else 1)  # unequal totals: a defined order
+        e.sandbox = i % 13 == 12
+    await store_calls(store, events)
+    w = Window(org, BASE.date(), (BASE + timedelta(days=3)).date())  # the fifth day is outside the window
+
+    expected: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e.feature and not e.sandbox and e.started_at.date() <= w.end:
+            cost = price(e, Catalog()).cost.total
+            f = expected.setdefault(e.feature, {"total_cost": Decimal(0), "calls": 0, "days": {}})
+            f["total_cost"] += cost
+            f["calls"] += 1
+            day = f["days"].setdefault(e.started_at.date().isoformat(), [Decimal(0), 0])
+            day[0] += cost
+            day[1] += 1
+
+    got = json.loads(encode_json(await analytics.features(store, w)), parse_float=Decimal)
+    assert [f["feature"] for f in got] == sorted(expected, key=lambda k: -expected[k]["total_cost"])
+    for f in got:
+        want = expected[f["feature"]]
+        assert (f["total_cost"], f["calls"]) == (want["total_cost"], want["calls"])
+        assert f["avg_cost_per_call"] == (want["total_cost"] / want["calls"]).quantize(Decimal("1e-12"))
+        assert [(d["date"], d["total_cost"], d["calls"]) for d in f["daily"]] == [
+            (day, cost, n) for day, (cost, n) in sorted(want["days"].items())]
 
 
 async def test_select_json_writes_exact_money_as_numbers(store: ChdbStore) -> None:
