@@ -149,32 +149,35 @@ def csv_row(e: dict[str, Any]) -> list[Any]:
 
 
 async def analytics(store: Store, org_id: str, r: Range) -> dict[str, Any]:
-    """The window aggregated by date, by model and by API key, from the daily rollup: per (date,
-    model), folded here into dates and models, and per key. Two statements read at once (the
-    store runs them side by side) rather than one UNION ALL of both: at 10M calls over 30 days,
-    33 -> 22 ms in the engine alone, 47.5 -> 44.1 ms p50 over HTTP (the rows' parsing shares
-    the process); over 90 days no change over HTTP."""
+    """The window aggregated by date, by model and by API key, from the daily rollup. Two
+    statements read at once (the store runs them side by side) rather than one UNION ALL of both:
+    at 10M calls over 30 days, 33 -> 22 ms in the engine alone, 47.5 -> 44.1 ms p50 over HTTP.
+
+    The first reads per (date, model), as the rollup's projection keeps it, and folds those rows
+    into dates and models in the store (grouping sets over the read), so a figure arrives here
+    once per date and once per model instead of once per pair, each added up in Decimals here.
+    Side by side over HTTP on a 10M-call store, identical answers: 90 days p50 45.6 -> 39.3 ms,
+    p95 51.6 -> 46.2."""
     params = {"org": org_id, "first": r.first_day, "last": r.last_day}
     where = "org_id = {org:String} AND day BETWEEN {first:Date} AND {last:Date} AND NOT sandbox"
     sums = "sum(total_cost) AS cost, sum(request_count) AS n, sum(input_tokens) AS i, sum(output_tokens) AS o"
-    by_day_model, by_key = await asyncio.gather(
-        store.select(f"SELECT toString(day) AS date, toString(model) AS model, {sums}"
-                     f" FROM spend_daily_by_key WHERE {where} GROUP BY day, model", params),
-        store.select(f"SELECT toString(key_id) AS key, {sums}"
+    by_date_or_model, by_key = await asyncio.gather(
+        store.select("SELECT grouping(date) = 0 AS per_date, if(per_date, date, model) AS name, sum(cost) AS cost,"
+                     " sum(n) AS n, sum(i) AS i, sum(o) AS o FROM ("
+                     f"SELECT toString(day) AS date, toString(model) AS model, {sums}"
+                     f" FROM spend_daily_by_key WHERE {where} GROUP BY day, model)"
+                     " GROUP BY GROUPING SETS ((date), (model))", params),
+        store.select(f"SELECT toString(key_id) AS name, {sums}"
                      f" FROM spend_daily_by_key WHERE {where} GROUP BY key_id", params),
     )
-    groups: dict[str, dict[str, list[int | Decimal]]] = {"date": {}, "model": {}, "key": {}}
-    for rows, bys in ((by_day_model, ("date", "model")), (by_key, ("key",))):
-        for x in rows:
-            figures = (Decimal(x["cost"]), int(x["n"]), int(x["i"]), int(x["o"]))
-            for by in bys:
-                into = groups[by].setdefault(x[by], [Decimal(0), 0, 0, 0])
-                for n, v in enumerate(figures):
-                    into[n] += v
+    groups: dict[str, dict[str, dict[str, Any]]] = {"date": {}, "model": {}, "key": {}}
+    for x in by_date_or_model:
+        groups["date" if x["per_date"] else "model"][x["name"]] = x
+    groups["key"] = {x["name"]: x for x in by_key}
 
     def listed(by: str, label: str) -> list[dict[str, Any]]:
-        return [{label: k, "costUsd": money(Decimal(c)), "requests": n, "inputTokens": i, "outputTokens": o}
-                for k, (c, n, i, o) in sorted(groups[by].items())]
+        return [{label: k, "costUsd": money(Decimal(x["cost"])), "requests": int(x["n"]), "inputTokens": int(x["i"]),
+                 "outputTokens": int(x["o"])} for k, x in sorted(groups[by].items())]
 
     by_date = listed("date", "date")
     return {

@@ -406,6 +406,36 @@ async def test_features_are_the_calls_folded_per_feature_and_day(store: ChdbStor
             (day, cost, n) for day, (cost, n) in sorted(want["days"].items())]
 
 
+async def test_usage_analytics_fold_dates_and_models_as_the_calls_add_up(store: ChdbStore) -> None:
+    """Billing usage analytics folds its per (date, model) read into dates and models in the
+    store: each date's and each model's figures must be the sum of its calls over every model or
+    date, and each key's its own."""
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    events = make_events(org, 30)
+    for i, e in enumerate(events):
+        e.started_at = BASE + timedelta(days=i % 3, minutes=i)
+        e.model = e.model_requested = ("gpt-4o", "gpt-4o-mini")[i % 2]
+        e.key_id = ("key-a", "key-b", "key-c", "key-d")[i % 4]
+    await store_calls(store, events)
+    body = await billing.analytics(store, org, billing.Range(BASE - timedelta(hours=9), BASE + timedelta(days=3)))
+
+    def folded(label: Callable[[UsageEvent], str]) -> list[tuple[str, Decimal, int, int, int]]:
+        out: dict[str, list[Any]] = {}
+        for e in events:
+            f = out.setdefault(label(e), [Decimal(0), 0, 0, 0])
+            for n, v in enumerate((price(e, Catalog()).cost.total, 1, e.input_tokens, e.output_tokens)):
+                f[n] += v
+        return [(k, *v) for k, v in sorted(out.items())]  # type: ignore[misc]
+
+    def listed(rows: list[dict[str, Any]], label: str) -> list[tuple[str, Decimal, int, int, int]]:
+        return [(r[label], r["costUsd"], r["requests"], r["inputTokens"], r["outputTokens"]) for r in rows]
+
+    assert listed(body["byDate"], "date") == folded(lambda e: e.started_at.date().isoformat())
+    assert listed(body["byModel"], "model") == folded(lambda e: e.model)
+    assert listed(body["byApiKey"], "keyId") == folded(lambda e: e.key_id)
+    assert body["totalCostUsd"] == sum((price(e, Catalog()).cost.total for e in events), Decimal(0))
+
+
 async def test_select_json_writes_exact_money_as_numbers(store: ChdbStore) -> None:
     """The store's own JSON, sent to clients as it is, must read as the query service's encoder
     writes money: exact numbers, no trailing zeros of the storage scale, 64-bit counts as numbers."""
