@@ -170,10 +170,9 @@ async def analytics(store: Store, org_id: str, r: Range) -> dict[str, Any]:
         store.select(f"SELECT toString(key_id) AS name, {sums}"
                      f" FROM spend_daily_by_key WHERE {where} GROUP BY key_id", params),
     )
-    groups: dict[str, dict[str, dict[str, Any]]] = {"date": {}, "model": {}, "key": {}}
+    groups: dict[str, dict[str, dict[str, Any]]] = {"date": {}, "model": {}, "key": {x["name"]: x for x in by_key}}
     for x in by_date_or_model:
         groups["date" if x["per_date"] else "model"][x["name"]] = x
-    groups["key"] = {x["name"]: x for x in by_key}
 
     def listed(by: str, label: str) -> list[dict[str, Any]]:
         return [{label: k, "costUsd": money(Decimal(x["cost"])), "requests": int(x["n"]), "inputTokens": int(x["i"]),
