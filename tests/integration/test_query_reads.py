@@ -24,7 +24,7 @@ from services.query.labels import LabelCache
 from services.query.params import Range
 from services.query.responses import encode_json
 from services.store.chdb_store import ChdbStore
-from tests.integration.test_pricer_exactly_once import make_events
+from tests.integration.test_pricer_exactly_once import expected_total, make_events
 from tests.support import PassThroughStore
 
 BASE = datetime(2026, 3, 14, 9, 0, tzinfo=timezone.utc)
@@ -433,7 +433,7 @@ async def test_usage_analytics_fold_dates_and_models_as_the_calls_add_up(store: 
     assert listed(body["byDate"], "date") == folded(lambda e: e.started_at.date().isoformat())
     assert listed(body["byModel"], "model") == folded(lambda e: e.model)
     assert listed(body["byApiKey"], "keyId") == folded(lambda e: e.key_id)
-    assert body["totalCostUsd"] == sum((price(e, Catalog()).cost.total for e in events), Decimal(0))
+    assert body["totalCostUsd"] == expected_total(events)
 
 
 async def test_select_json_writes_exact_money_as_numbers(store: ChdbStore) -> None:
